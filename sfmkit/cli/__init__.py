@@ -1,0 +1,1 @@
+"""Typer command-line interface: thin wrappers that turn options into stage calls."""

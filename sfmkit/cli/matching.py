@@ -1,0 +1,96 @@
+"""``sfmkit match`` and ``sfmkit verify``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sfmkit.cli.common import choices, handle_errors, summary_table
+from sfmkit.cli.features import DeviceOpt, OverwriteOpt
+from sfmkit.errors import SfmkitError
+from sfmkit.geometry import verify as verify_mod
+from sfmkit.io.h5 import json_attr, list_items, read_file_attrs
+from sfmkit.io.pairs import make_pairs
+from sfmkit.matching import match as match_mod
+from sfmkit.utils.config import conf_to_dict, replace
+from sfmkit.utils.report import write_report
+
+MatcherPreset = choices("MatcherPreset", match_mod.CONFS)
+VerifyPreset = choices("VerifyPreset", verify_mod.CONFS)
+
+PairsOpt = Annotated[str, typer.Option("--pairs", help="exhaustive, sequential:N, or a pairs file.")]
+
+
+def _out(output: Path | None, near: Path) -> Path:
+    return output if output is not None else Path(near).parent
+
+
+@handle_errors
+def match_cmd(
+    features: Annotated[Path, typer.Argument(help="Feature file made by `sfmkit extract`.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: beside FEATURES).")] = None,
+    pairs: PairsOpt = "exhaustive",
+    matcher: Annotated[Optional[MatcherPreset], typer.Option("--matcher", help="Matcher preset (default: by feature type).")] = None,  # type: ignore[valid-type]
+    fine_radius: Annotated[Optional[int], typer.Option("--fine-radius", help="Extra pool3 cells searched around each pool4 match.")] = None,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Lowe ratio test (both directions).")] = None,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Match image pairs: mutual nearest neighbours (coarse-to-fine for dense features)."""
+    if not features.is_file():
+        raise SfmkitError(f"feature file {features} does not exist; run `sfmkit extract` first")
+    out = _out(output, features)
+    kind = read_file_attrs(features).get("extractor", "dense_vgg")
+    preset = matcher.value if matcher is not None else match_mod.DEFAULT_FOR_FEATURES[kind]
+    conf = replace(match_mod.CONFS[preset], fine_radius=fine_radius, ratio=ratio)
+    start = time.perf_counter()
+    names = sorted(k[0] for k in list_items(features, 1))
+    pairs_path = make_pairs(pairs, names, out)
+    path = match_mod.match(conf, features, pairs_path, out, overwrite=overwrite, device=device)
+    seconds = time.perf_counter() - start
+    run = json_attr(path, "last_run")
+    write_report(out, "match", config=conf_to_dict(conf), output=path, pairs=pairs_path, counts=run,
+                 timings={"match": round(seconds, 3)})  # fmt: skip
+    summary_table("match", [("matches", path), ("pairs file", pairs_path),
+                            ("pairs computed / reused", f"{run['computed']} / {run['reused']}"),
+                            ("time", f"{seconds:.1f} s")])  # fmt: skip
+
+
+@handle_errors
+def verify_cmd(
+    matches: Annotated[Path, typer.Argument(help="Matches file made by `sfmkit match`.")],
+    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs file (as written by `sfmkit match`).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: beside MATCHES).")] = None,
+    features: Annotated[Optional[Path], typer.Option("--features", help="Feature file (default: the one MATCHES was made from).")] = None,
+    method: Annotated[VerifyPreset, typer.Option("--method", help="Verification preset.")] = VerifyPreset("multi-homography"),  # type: ignore[valid-type,call-arg]
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Inlier threshold, full-resolution pixels.")] = None,
+    max_homographies: Annotated[Optional[int], typer.Option("--max-homographies")] = None,
+    min_inliers: Annotated[Optional[int], typer.Option("--min-inliers")] = None,
+    best_pairs: Annotated[Optional[int], typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Verify matches with multi-homography RANSAC."""
+    if not matches.is_file():
+        raise SfmkitError(f"matches file {matches} does not exist; run `sfmkit match` first")
+    out = _out(output, matches)
+    conf = replace(
+        verify_mod.CONFS[method.value], threshold=threshold, max_homographies=max_homographies,
+        min_inliers=min_inliers, best_pairs=best_pairs, seed=seed,
+    )  # fmt: skip
+    start = time.perf_counter()
+    path = verify_mod.verify(conf, matches, pairs, out, features=features, overwrite=overwrite)
+    seconds = time.perf_counter() - start
+    run = json_attr(path, "last_run")
+    write_report(out, "verify", config=conf_to_dict(conf), output=path, counts=run,
+                 timings={"verify": round(seconds, 3)})  # fmt: skip
+    summary_table("verify", [("verified", path), ("pairs with inliers", f"{run['pairs_with_inliers']} / {run['pairs']}"),
+                             ("time", f"{seconds:.1f} s")])  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    app.command("match")(match_cmd)
+    app.command("verify")(verify_cmd)

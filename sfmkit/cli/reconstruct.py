@@ -1,0 +1,81 @@
+"""``sfmkit reconstruct``: every stage with sensible defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sfmkit.cli.common import handle_errors, summary_table, timings_rows
+from sfmkit.cli.features import (
+    DeviceOpt,
+    FeaturePreset,
+    FeaturesOpt,
+    ImageListOpt,
+    ImagesArg,
+    MaxSizeOpt,
+    OverwriteOpt,
+    WeightsOpt,
+    feature_conf,
+    read_image_list,
+)
+from sfmkit.cli.mapping import (
+    CameraMode,
+    CameraModelOpt,
+    CameraModeOpt,
+    IntrinsicsOpt,
+    RefineOpt,
+    map_conf,
+    mapping_rows,
+    print_unregistered,
+)
+from sfmkit.cli.matching import PairsOpt
+from sfmkit.geometry import verify as verify_mod
+from sfmkit.pipelines.reconstruct import ReconstructConf, reconstruct
+from sfmkit.utils.config import replace
+
+
+@handle_errors
+def reconstruct_cmd(
+    images: ImagesArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    features: FeaturesOpt = FeaturePreset("dense-vgg16"),  # type: ignore[call-arg]
+    max_size: MaxSizeOpt = None,
+    weights: WeightsOpt = None,
+    pairs: PairsOpt = "exhaustive",
+    best_pairs: Annotated[Optional[int], typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")] = None,
+    camera_mode: CameraModeOpt = CameraMode("auto"),  # type: ignore[call-arg]
+    camera_model: CameraModelOpt = "SIMPLE_RADIAL",
+    intrinsics: IntrinsicsOpt = None,
+    refine_intrinsics: RefineOpt = False,
+    device: DeviceOpt = "auto",
+    image_list: ImageListOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Images to a calibrated sparse model: extract, match, verify, map."""
+    fconf = feature_conf(features.value, max_size, weights)
+    vconf = None
+    if best_pairs is not None:
+        from sfmkit.pipelines.reconstruct import DEFAULT_VERIFY_FOR_FEATURES
+        from sfmkit.features import extractor_kind
+
+        vconf = replace(verify_mod.CONFS[DEFAULT_VERIFY_FOR_FEATURES[extractor_kind(fconf)]], best_pairs=best_pairs)
+    conf = ReconstructConf(
+        features=fconf, verify=vconf, pairs=pairs,
+        mapping=map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics),
+    )  # fmt: skip
+    result = reconstruct(
+        conf, images, output, image_names=read_image_list(image_list), overwrite=overwrite, device=device
+    )
+    stats = result.mapping.stats
+    skipped = result.counts.get("skipped_images") or {}
+    rows = [("model", result.mapping.path), *mapping_rows(stats)]
+    if skipped:
+        rows.append(("images skipped (unreadable)", len(skipped)))
+    summary_table("reconstruct", [*rows, *timings_rows(result.timings), ("report", result.report)])
+    print_unregistered(result.mapping)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("reconstruct")(reconstruct_cmd)

@@ -1,0 +1,114 @@
+"""The ``extract`` stage: images -> ``features-<tag>.h5`` (resumable)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from sfmkit.errors import ImageReadError
+from sfmkit.features import CONFS, FeatureConf, extractor_kind, make_extractor
+from sfmkit.io.h5 import ItemWriter, json_attr
+from sfmkit.io.images import DEFAULT_MAX_PIXELS, LoadedImage, list_images, read_image
+from sfmkit.utils.config import conf_tag, conf_to_json
+from sfmkit.utils.device import resolve_device
+from sfmkit.utils.progress import track
+
+logger = logging.getLogger(__name__)
+
+
+def features_path(conf: FeatureConf, out_dir: Path) -> Path:
+    """Output file of ``conf``: the preset name, plus a hash if options were changed."""
+    return Path(out_dir) / f"features-{conf_tag(conf, CONFS.get(conf.name))}.h5"
+
+
+def _prefetch(
+    root: Path, names: Sequence[str], max_size: int, max_pixels: int
+) -> Iterator[tuple[str, LoadedImage | ImageReadError]]:
+    """Decode images one ahead of the consumer, in a background thread."""
+
+    def load(name: str) -> LoadedImage | ImageReadError:
+        try:
+            return read_image(root / name, max_size, max_pixels)
+        except ImageReadError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: list[tuple[str, Future]] = []
+        for name in names:
+            pending.append((name, pool.submit(load, name)))
+            if len(pending) > 1:
+                done, fut = pending.pop(0)
+                yield done, fut.result()
+        for name, fut in pending:
+            yield name, fut.result()
+
+
+def extract(
+    conf: FeatureConf,
+    images: Path,
+    out_dir: Path,
+    *,
+    image_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Path:
+    """Extract features of every image under ``images`` into ``out_dir``.
+
+    Images already complete in the output are skipped (resume). Unreadable images are
+    logged, skipped and recorded in the file attribute ``skipped`` ({name: reason}); the
+    attribute ``last_run`` counts what this call computed, reused and skipped.
+
+    Returns:
+        Path of the feature file.
+    """
+    images = Path(images)
+    listing = list_images(images, image_names)
+    path = features_path(conf, out_dir)
+    writer = ItemWriter(
+        path,
+        "features",
+        conf_to_json(conf),
+        overwrite=overwrite,
+        extra_attrs={"image_dir": str(images.resolve()), "extractor": extractor_kind(conf)},
+    )
+    previous_skips = json_attr(path, "skipped", {}) or {}
+    todo = [n for n in listing.names if (n,) not in writer.done]
+    reused = len(listing.names) - len(todo)
+    if reused:
+        logger.info("%s: %d of %d images already extracted, resuming", path.name, reused, len(listing.names))
+    skipped: dict[str, str] = {}
+    computed = 0
+    start = time.perf_counter()
+    if todo:
+        extractor = make_extractor(conf, resolve_device(device))
+        with writer:
+            stream = _prefetch(images, todo, conf.max_size, max_pixels)
+            for name, loaded in track(stream, f"extract {conf.name}", total=len(todo)):
+                if isinstance(loaded, ImageReadError):
+                    logger.warning("skipping %s", loaded)
+                    skipped[name] = str(loaded)
+                    continue
+                writer.write((name,), extractor(loaded))
+                computed += 1
+                logger.debug("extracted %s", name)
+    listed = set(listing.names)
+    all_skips = {
+        k: v
+        for k, v in {**previous_skips, **skipped}.items()
+        if (k,) not in writer.done and k in listed
+    }
+    writer.set_attrs(
+        skipped=all_skips,
+        ignored_files=listing.ignored,
+        last_run={
+            "computed": computed,
+            "reused": reused,
+            "skipped": len(skipped),
+            "seconds": round(time.perf_counter() - start, 3),
+        },
+    )
+    return path

@@ -1,0 +1,1 @@
+"""Geometry: homographies and multi-homography RANSAC, similarity alignment."""

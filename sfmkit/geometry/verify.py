@@ -1,0 +1,211 @@
+"""The ``verify`` stage: matches -> ``verified-<tag>.h5`` by multi-homography RANSAC.
+
+Layout per pair ``/<image0>/<image1>``: ``inliers`` (M, 2) int32 keypoint indices,
+``homography_id`` (M,) int8, ``homographies`` (K, 3, 3); attributes ``num_homographies``,
+``num_matches`` (tentative) and ``selected`` (False when ``best_pairs`` dropped the pair).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.geometry.multi_homography import HomographySet, RansacParams, multi_homography_ransac
+from sfmkit.io.h5 import H5Reader, ItemWriter, item_path, read_file_attrs
+from sfmkit.io.pairs import Pair, read_pairs
+from sfmkit.matching.match import get_pair_matches
+from sfmkit.utils.config import conf_tag, conf_to_json
+from sfmkit.utils.parallel import ordered_map
+from sfmkit.utils.progress import track
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyConf:
+    """Multi-homography verification.
+
+    Attributes:
+        name: preset name.
+        method: ``multi-homography``, or ``none`` to pass the tentative matches on unchanged
+            (pycolmap's two-view geometry in the map stage is then the only verification,
+            as in COLMAP's own pipeline).
+        threshold: inlier threshold in full-resolution pixels.
+        max_homographies: at most this many homographies per pair.
+        min_inliers: stop when the best remaining homography has fewer inliers.
+        best_pairs: keep only each image's N pairs with most inliers (None = keep all).
+        seed: RANSAC seed (combined with the pair's names).
+    """
+
+    name: str = "multi-homography"
+    method: str = "multi-homography"
+    threshold: float = 10.0
+    max_homographies: int = 5
+    min_inliers: int = 25
+    best_pairs: int | None = None
+    seed: int = 0
+    max_iterations: int = 2000
+    confidence: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.threshold <= 0 or self.max_homographies < 1 or self.min_inliers < 4:
+            raise ConfigError("need threshold > 0, max_homographies >= 1 and min_inliers >= 4")
+        if self.method not in ("multi-homography", "none"):
+            raise ConfigError(f"unknown verification method {self.method!r}")
+        if self.best_pairs is not None and self.best_pairs < 1:
+            raise ConfigError("best_pairs must be at least 1")
+
+    @property
+    def ransac(self) -> RansacParams:
+        return RansacParams(
+            threshold=self.threshold,
+            max_homographies=self.max_homographies,
+            min_inliers=self.min_inliers,
+            confidence=self.confidence,
+            max_iterations=self.max_iterations,
+        )
+
+
+CONFS: dict[str, VerifyConf] = {
+    "multi-homography": VerifyConf(),
+    "none": VerifyConf(name="none", method="none"),
+}
+
+
+def verified_path(conf: VerifyConf, matches: Path, out_dir: Path) -> Path:
+    tag = Path(matches).stem.removeprefix("matches-")
+    return Path(out_dir) / f"verified-{tag}_{conf_tag(conf, CONFS.get(conf.name))}.h5"
+
+
+def pair_seed(seed: int, pair: Pair) -> np.random.SeedSequence:
+    """A seed that depends only on the global seed and the pair (not on processing order)."""
+    return np.random.SeedSequence([seed, zlib.crc32(pair[0].encode()), zlib.crc32(pair[1].encode())])
+
+
+def select_best_pairs(counts: dict[Pair, int], n: int) -> set[Pair]:
+    """Pairs among the ``n`` pairs with most inliers of at least one of their two images."""
+    per_image: dict[str, list[tuple[int, Pair]]] = defaultdict(list)
+    for pair, count in counts.items():
+        if count > 0:
+            per_image[pair[0]].append((count, pair))
+            per_image[pair[1]].append((count, pair))
+    keep: set[Pair] = set()
+    for ranked in per_image.values():
+        ranked.sort(key=lambda cp: (-cp[0], cp[1]))
+        keep.update(pair for _, pair in ranked[:n])
+    return keep
+
+
+def verify(
+    conf: VerifyConf,
+    matches: Path,
+    pairs: Path,
+    out_dir: Path,
+    *,
+    features: Path | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+) -> Path:
+    """Verify the matches of every pair in ``pairs``; resumable.
+
+    Args:
+        features: the feature file; by default the one the matches file was made from.
+        workers: RANSAC threads (default: up to 4, one per core).
+
+    Returns:
+        Path of the verified-matches file.
+    """
+    if features is None:
+        features = Path(read_file_attrs(matches).get("features", ""))
+        if not features.is_file():
+            raise SfmkitError(f"the feature file of {matches} ({features}) is missing; pass --features")
+    path = verified_path(conf, matches, out_dir)
+    writer = ItemWriter(
+        path, "verified", conf_to_json(conf), depth=2, overwrite=overwrite, flush_every=64,
+        extra_attrs={"features": str(Path(features).resolve()), "matches": str(Path(matches).resolve())},
+    )  # fmt: skip
+    start = time.perf_counter()
+    with H5Reader(features) as feats, H5Reader(matches) as mreader:
+        pair_list = read_pairs(pairs, {k[0] for k in feats.items(1)})
+        todo = [p for p in pair_list if p not in writer.done and (p[1], p[0]) not in writer.done]
+        kpts: dict[str, np.ndarray] = {}
+
+        def keypoints(name: str) -> np.ndarray:
+            if name not in kpts:
+                kpts[name] = feats.array((name,), "keypoints").astype(np.float64)
+            return kpts[name]
+
+        def load(pair: Pair) -> tuple[Pair, np.ndarray, np.ndarray, np.ndarray]:
+            m, _ = get_pair_matches(mreader, pair)
+            return pair, m, keypoints(pair[0])[m[:, 0]], keypoints(pair[1])[m[:, 1]]
+
+        def solve(job: tuple[Pair, np.ndarray, np.ndarray, np.ndarray]) -> tuple[Pair, np.ndarray, HomographySet]:
+            pair, m, p0, p1 = job
+            if conf.method == "none":
+                return pair, m, HomographySet(np.arange(len(m)), np.full(len(m), -1, np.int8), np.empty((0, 3, 3)))
+            return pair, m, multi_homography_ransac(p0, p1, conf.ransac, pair_seed(conf.seed, pair))
+
+        # reading stays in this thread (h5py); RANSAC runs on worker threads (NumPy releases the GIL)
+        jobs = (load(pair) for pair in todo)
+        with writer:
+            for pair, m, result in track(ordered_map(solve, jobs, workers), "verify", total=len(todo)):
+                writer.write(
+                    pair,
+                    {
+                        "inliers": m[result.inliers].astype(np.int32).reshape(-1, 2),
+                        "homography_id": result.labels,
+                        "homographies": result.homographies,
+                    },
+                    {"num_homographies": len(result.homographies), "num_matches": len(m), "selected": True},
+                )
+    counts = inlier_counts(path, pair_list)
+    if conf.best_pairs is not None:
+        keep = select_best_pairs(counts, conf.best_pairs)
+        with H5Reader(path) as reader:
+            stored = {pair: _stored_key(reader, pair)[0] for pair in pair_list}
+        writer.set_item_attrs((stored[pair], {"selected": pair in keep}) for pair in pair_list)
+        logger.info("best_pairs=%d keeps %d of %d pairs", conf.best_pairs, len(keep), len(pair_list))
+    writer.set_attrs(
+        last_run={
+            "pairs": len(pair_list),
+            "computed": len(todo),
+            "reused": len(pair_list) - len(todo),
+            "pairs_with_inliers": sum(1 for c in counts.values() if c > 0),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+    )
+    return path
+
+
+def _stored_key(reader: H5Reader, pair: Pair) -> tuple[Pair, bool]:
+    """The key ``pair`` is stored under (it may be stored reversed) and whether it is reversed."""
+    if reader.has(pair):
+        return pair, False
+    if reader.has((pair[1], pair[0])):
+        return (pair[1], pair[0]), True
+    raise SfmkitError(f"{reader.path} has no verified matches for {pair}; run verify first")
+
+
+def inlier_counts(path: Path, pairs: list[Pair]) -> dict[Pair, int]:
+    """Number of verified inliers per pair."""
+    with H5Reader(path) as reader:
+        return {
+            pair: int(reader.file[item_path(_stored_key(reader, pair)[0])]["inliers"].shape[0])
+            for pair in pairs
+        }
+
+
+def read_verified(reader: H5Reader, pair: Pair) -> np.ndarray | None:
+    """(M, 2) verified index pairs in ``pair``'s order, or None if the pair is not selected."""
+    key, flip = _stored_key(reader, pair)
+    if not reader.attrs(key).get("selected", True):
+        return None
+    inliers = reader.array(key, "inliers").astype(np.int64)
+    return inliers[:, ::-1].copy() if flip else inliers

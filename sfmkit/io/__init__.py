@@ -1,0 +1,1 @@
+"""File formats: images, HDF5 stage files, pairs files, intrinsics files."""

@@ -1,0 +1,304 @@
+"""HDF5 stage files: naming, config attributes, resumable item-by-item writing.
+
+Layout rules (see docs/architecture.md):
+
+* one group per item: ``/<image>`` for per-image stages, ``/<image0>/<image1>`` for pairs;
+  image names are encoded once by :func:`encode_name` (``/`` -> ``%2F``);
+* an item is complete only when its ``complete`` attribute is set, which happens last;
+  groups without it are removed when the file is reopened, so an interrupted run never
+  leaves a half-written item that reads as done;
+* file attributes carry the schema version, the stage and the resolved config (JSON); a file
+  made with another config is refused unless the caller asks to overwrite it;
+* exactly one writer per file: :class:`ItemWriter`, which opens the file only to flush a
+  batch of finished items, so that killing the process while it computes loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from sfmkit.errors import ConfigError, SfmkitError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+COMPLETE = "complete"
+
+
+def encode_name(name: str) -> str:
+    """HDF5-safe key for an image name (reversible; ``/`` and ``%`` are escaped)."""
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+def decode_name(key: str) -> str:
+    """Inverse of :func:`encode_name`."""
+    return key.replace("%2F", "/").replace("%25", "%")
+
+
+def item_path(key: tuple[str, ...]) -> str:
+    """Group path of an item: ``/<enc(name0)>[/<enc(name1)>]``."""
+    return "/".join(encode_name(k) for k in key)
+
+
+def _writable_dir(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SfmkitError(f"cannot create output folder {path.parent}: {exc.strerror}") from exc
+    probe = path.parent / f".sfmkit-write-test-{path.name}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SfmkitError(
+            f"output folder {path.parent} is not writable ({exc.strerror}); choose another -o"
+        ) from exc
+
+
+def read_file_attrs(path: Path) -> dict[str, Any]:
+    """File attributes with ``config`` decoded from JSON."""
+    with h5py.File(path, "r") as f:
+        attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+    if "config" in attrs:
+        attrs["config"] = json.loads(attrs["config"])
+    return attrs
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+class ItemWriter:
+    """The single writer of one stage file.
+
+    Args:
+        path: the HDF5 file.
+        stage: stage name stored as an attribute (``features``, ``matches``, ...).
+        config_json: canonical JSON of the resolved config.
+        depth: 1 when items are images, 2 when they are image pairs.
+        overwrite: delete an existing file instead of resuming it.
+        extra_attrs: further file attributes (e.g. the path of the input file).
+        flush_every: items buffered before they are written.
+        flush_seconds: buffered items are also written when this much time has passed.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        stage: str,
+        config_json: str,
+        *,
+        depth: int = 1,
+        overwrite: bool = False,
+        extra_attrs: dict[str, Any] | None = None,
+        flush_every: int = 1,
+        flush_seconds: float = 5.0,
+    ) -> None:
+        self.path = Path(path)
+        self.depth = depth
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self._buffer: list[tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, Any]]] = []
+        self._last_flush = time.monotonic()
+        _writable_dir(self.path)
+        if overwrite and self.path.exists():
+            self.path.unlink()
+        self._open_or_create(stage, config_json, extra_attrs or {})
+        self.done = self._scan_complete()
+
+    def _open_or_create(self, stage: str, config_json: str, extra: dict[str, Any]) -> None:
+        if self.path.exists():
+            try:
+                attrs = read_file_attrs(self.path)
+            except OSError as exc:
+                aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+                self.path.rename(aside)
+                logger.warning("%s could not be opened (%s); moved it to %s and starting afresh",
+                               self.path, exc, aside)
+                attrs = None
+            if attrs is not None:
+                self._check_compatible(attrs, stage, config_json)
+                with h5py.File(self.path, "a") as f:
+                    for key, value in extra.items():
+                        f.attrs[key] = value
+                return
+        with h5py.File(self.path, "w") as f:
+            f.attrs["sfmkit_schema"] = SCHEMA_VERSION
+            f.attrs["stage"] = stage
+            f.attrs["config"] = config_json
+            for key, value in extra.items():
+                f.attrs[key] = value
+
+    def _check_compatible(self, attrs: dict[str, Any], stage: str, config_json: str) -> None:
+        if attrs.get("stage") != stage or attrs.get("sfmkit_schema") != SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.path} is not an sfmkit {stage} file of schema {SCHEMA_VERSION} "
+                f"(found stage={attrs.get('stage')!r}, schema={attrs.get('sfmkit_schema')!r}); "
+                "delete it or pass --overwrite"
+            )
+        if json.dumps(attrs.get("config"), sort_keys=True) != config_json:
+            raise ConfigError(
+                f"{self.path} was made with another configuration ({attrs.get('config')}); "
+                "pass --overwrite to recompute it, or use another output folder"
+            )
+
+    def _scan_complete(self) -> set[tuple[str, ...]]:
+        """Complete item keys; incomplete items (an interrupted write) are deleted."""
+        done: set[tuple[str, ...]] = set()
+        with h5py.File(self.path, "a") as f:
+            stale = []
+            for key, group in _walk(f, self.depth):
+                (done.add(key) if group.attrs.get(COMPLETE, False) else stale.append(group.name))
+            for name in stale:
+                del f[name]
+        if stale:
+            logger.info("%s: removed %d incomplete item(s) of an interrupted run", self.path, len(stale))
+        return done
+
+    def write(
+        self,
+        key: tuple[str, ...],
+        datasets: dict[str, np.ndarray],
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue a finished item; it is on disk after the next flush."""
+        self._buffer.append((key, datasets, attrs or {}))
+        if (
+            len(self._buffer) >= self.flush_every
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued items, each whole, then close the file."""
+        if not self._buffer:
+            return
+        with h5py.File(self.path, "a") as f:
+            for key, datasets, attrs in self._buffer:
+                path = item_path(key)
+                if path in f:
+                    del f[path]
+                group = f.create_group(path)
+                for name, array in datasets.items():
+                    group.create_dataset(name, data=np.asarray(array))
+                for name, value in attrs.items():
+                    group.attrs[name] = value
+                group.attrs[COMPLETE] = True
+                self.done.add(key)
+        self._buffer.clear()
+        self._last_flush = time.monotonic()
+
+    def set_attrs(self, **attrs: Any) -> None:
+        """Set file attributes (JSON-encodes dicts and lists)."""
+        self.flush()
+        with h5py.File(self.path, "a") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+
+    def set_item_attrs(self, updates: Iterable[tuple[tuple[str, ...], dict[str, Any]]]) -> None:
+        """Set attributes of already written items."""
+        self.flush()
+        with h5py.File(self.path, "a") as f:
+            for key, attrs in updates:
+                for name, value in attrs.items():
+                    f[item_path(key)].attrs[name] = value
+
+    def __enter__(self) -> ItemWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+
+def _walk(f: h5py.File, depth: int) -> list[tuple[tuple[str, ...], h5py.Group]]:
+    """Item groups at ``depth`` (1: ``/<image>``, 2: ``/<image0>/<image1>``)."""
+    out: list[tuple[tuple[str, ...], h5py.Group]] = []
+
+    def visit(group: h5py.Group, prefix: tuple[str, ...]) -> None:
+        for key, child in group.items():
+            if isinstance(child, h5py.Group):
+                k = (*prefix, decode_name(key))
+                if len(k) == depth:
+                    out.append((k, child))
+                else:
+                    visit(child, k)
+
+    visit(f, ())
+    return out
+
+
+def list_items(path: Path, depth: int) -> list[tuple[str, ...]]:
+    """Complete items of a stage file; ``depth`` 1 for images, 2 for pairs."""
+    with h5py.File(path, "r") as f:
+        return [key for key, group in _walk(f, depth) if group.attrs.get(COMPLETE, False)]
+
+
+def json_attr(path: Path, name: str, default: Any = None) -> Any:
+    """A JSON-encoded file attribute (as written by :meth:`ItemWriter.set_attrs`)."""
+    with h5py.File(path, "r") as f:
+        if name not in f.attrs:
+            return default
+        value = _attr_value(f.attrs[name])
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class H5Reader:
+    """Read-only access to the items of a stage file.
+
+    Example:
+        >>> with H5Reader(path) as r:
+        ...     kpts = r.array(("a.jpg",), "keypoints")
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SfmkitError(f"{self.path} does not exist; run the stage that makes it first")
+        self._file: h5py.File | None = None
+
+    def __enter__(self) -> H5Reader:
+        self._file = h5py.File(self.path, "r")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None:
+            raise RuntimeError("H5Reader used outside its `with` block")
+        return self._file
+
+    def has(self, key: tuple[str, ...]) -> bool:
+        path = item_path(key)
+        return path in self.file and bool(self.file[path].attrs.get(COMPLETE, False))
+
+    def array(self, key: tuple[str, ...], name: str) -> np.ndarray:
+        """Dataset ``name`` (may contain ``/``) of item ``key``."""
+        return self.file[f"{item_path(key)}/{name}"][()]
+
+    def optional(self, key: tuple[str, ...], name: str) -> np.ndarray | None:
+        path = f"{item_path(key)}/{name}"
+        return self.file[path][()] if path in self.file else None
+
+    def attrs(self, key: tuple[str, ...]) -> dict[str, Any]:
+        return {k: _attr_value(v) for k, v in self.file[item_path(key)].attrs.items()}
+
+    def items(self, depth: int) -> list[tuple[str, ...]]:
+        return [k for k, g in _walk(self.file, depth) if g.attrs.get(COMPLETE, False)]

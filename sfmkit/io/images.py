@@ -1,0 +1,255 @@
+"""Listing and decoding images.
+
+Coordinates: an image of width W and height H covers ``[0, W] x [0, H]``; the centre of the
+top-left pixel is ``(0.5, 0.5)`` (COLMAP's convention, used for every keypoint sfmkit
+stores). Sizes are ``(W, H)`` *after* applying the EXIF orientation, which is how every stage
+and the COLMAP model see an image.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from sfmkit.errors import ImageReadError, SfmkitError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm", ".pnm"}
+)
+#: Images with more pixels than this are refused (a decompression-bomb guard, 400 MP).
+DEFAULT_MAX_PIXELS = 400_000_000
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ImageListing:
+    """Images found under a folder.
+
+    Attributes:
+        root: the image folder.
+        names: image paths relative to ``root`` (POSIX separators), sorted.
+        ignored: files whose extension is not an image extension (``K.txt``, ...).
+    """
+
+    root: Path
+    names: list[str]
+    ignored: list[str]
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded image, resized for a network or detector.
+
+    Attributes:
+        rgb: (h, w, 3) uint8, the resized image.
+        size: (W, H) of the full-resolution image after EXIF orientation.
+        scale: (sx, sy) = full-resolution size / resized size; a point ``p`` in resized
+            coordinates is ``p * scale`` in full-resolution coordinates.
+    """
+
+    rgb: np.ndarray
+    size: tuple[int, int]
+    scale: tuple[float, float]
+
+
+def list_images(root: Path, image_list: Sequence[str] | None = None) -> ImageListing:
+    """Find the images under ``root`` (recursively), or check an explicit list of names.
+
+    Raises:
+        SfmkitError: the folder does not exist, holds no images, or ``image_list`` names a
+            missing file or the same image twice.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise SfmkitError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise SfmkitError(f"{root} is not a folder: pass the folder that holds the images")
+    if image_list is not None:
+        return _check_image_list(root, image_list)
+    names, ignored = [], []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        (names if path.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(rel.as_posix())
+    if not names:
+        raise SfmkitError(
+            f"no images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            "pass the folder that holds the photos"
+        )
+    _warn_case_collisions(names)
+    if ignored:
+        logger.info("ignoring %d non-image file(s) in %s: %s", len(ignored), root, ignored[:5])
+    return ImageListing(root, names, ignored)
+
+
+def _check_image_list(root: Path, image_list: Sequence[str]) -> ImageListing:
+    seen: dict[str, int] = defaultdict(int)
+    for name in image_list:
+        seen[name] += 1
+    duplicates = sorted(n for n, c in seen.items() if c > 1)
+    if duplicates:
+        raise SfmkitError(f"the image list names these images more than once: {duplicates[:10]}")
+    missing = [n for n in image_list if not (root / n).is_file()]
+    if missing:
+        raise SfmkitError(f"{len(missing)} listed image(s) not found under {root}: {missing[:5]}")
+    if not image_list:
+        raise SfmkitError("the image list is empty")
+    return ImageListing(root, list(image_list), [])
+
+
+def _warn_case_collisions(names: list[str]) -> None:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        groups[name.lower()].append(name)
+    clashes = [g for g in groups.values() if len(g) > 1]
+    if clashes:
+        logger.warning(
+            "image names that differ only in case (they clash on Windows/macOS file systems "
+            "and in COLMAP databases moved there): %s",
+            clashes[:5],
+        )
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    """Open ``path`` lazily, turning every decoder failure into :class:`ImageReadError`."""
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            previous = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(
+            f"{path}: not a readable image ({exc.__class__.__name__}: {exc}); remove it or "
+            "replace it with a valid JPEG/PNG/TIFF"
+        ) from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageReadError(
+            f"{path}: {width}x{height} is {width * height / 1e6:.0f} MP, more than the "
+            f"{max_pixels / 1e6:.0f} MP limit; downscale it, or raise the limit (--max-pixels)"
+        )
+    if width < 16 or height < 16:
+        raise ImageReadError(f"{path}: {width}x{height} is too small to extract features from")
+    return image
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+        logger.warning("%s: unreadable EXIF block, orientation ignored", image.filename)
+        return 1
+
+
+def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(W, H) after EXIF orientation, read from the header only."""
+    with _open(Path(path), max_pixels) as image:
+        width, height = image.size
+        if _orientation(image) in _SWAPS_AXES:
+            width, height = height, width
+    return width, height
+
+
+def target_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """Size with the longer side at most ``max_size`` (never upscaled)."""
+    width, height = size
+    if max_size is None or max(width, height) <= max_size:
+        return width, height
+    ratio = max_size / max(width, height)
+    return max(1, round(width * ratio)), max(1, round(height * ratio))
+
+
+def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """Convert any Pillow mode (L, P, RGBA, CMYK, 16-bit, float) to 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        high = float(array.max()) if array.size else 0.0
+        if high > 255.0:
+            array = array * (255.0 / (65535.0 if high <= 65535.0 else high))
+        gray = np.clip(array + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2), "RGB")
+    try:
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, image).convert("RGB")
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageReadError(f"{path}: cannot convert pixel mode {image.mode} to RGB ({exc})") from exc
+
+
+def read_image(
+    path: Path, max_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> LoadedImage:
+    """Decode ``path`` to 8-bit RGB, apply its EXIF orientation and resize it.
+
+    Grayscale, palette, CMYK, alpha and 16-bit images are converted to RGB; JPEGs are decoded
+    at a reduced scale when that suffices (fast and light for huge images).
+
+    Raises:
+        ImageReadError: the file is missing, corrupt, not an image or too large.
+    """
+    path = Path(path)
+    with _open(path, max_pixels) as image:
+        orientation = _orientation(image)
+        raw_w, raw_h = image.size
+        size = (raw_h, raw_w) if orientation in _SWAPS_AXES else (raw_w, raw_h)
+        out_w, out_h = target_size(size, max_size)
+        try:
+            if image.format == "JPEG" and (out_w, out_h) != size:
+                request = (out_h, out_w) if orientation in _SWAPS_AXES else (out_w, out_h)
+                image.draft("RGB", request)
+            image.load()
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            rgb = _to_rgb(image, path)
+            rgb = _apply_orientation(rgb, orientation)
+            if rgb.size != (out_w, out_h):
+                rgb = rgb.resize((out_w, out_h), Image.Resampling.BICUBIC)
+            array = np.asarray(rgb, dtype=np.uint8).copy()
+        except ImageReadError:
+            raise
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageReadError(
+                f"{path}: the file is truncated or corrupt ({exc}); re-export or remove it"
+            ) from exc
+    return LoadedImage(array, size, (size[0] / out_w, size[1] / out_h))
+
+
+_TRANSPOSES = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
+
+def _apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
+    """Apply the EXIF orientation tag (values 2-8), as viewers display the image."""
+    for op in _TRANSPOSES.get(orientation, ()):
+        image = image.transpose(op)
+    return image

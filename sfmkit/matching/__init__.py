@@ -1,0 +1,1 @@
+"""Descriptor matching: mutual nearest neighbours, coarse-to-fine for dense features."""

@@ -1,0 +1,1 @@
+"""Torch ``nn.Module``s only (no pipeline or CLI imports)."""

@@ -1,0 +1,1 @@
+"""User-facing jobs that chain stages."""

@@ -1,0 +1,1 @@
+"""The COLMAP boundary: cameras, database import, incremental mapping, export."""

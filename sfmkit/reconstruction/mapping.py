@@ -1,0 +1,187 @@
+"""The ``map`` stage: verified matches -> a COLMAP model by pycolmap incremental mapping.
+
+Writes into the output folder: ``database.db``, the largest model as COLMAP binary files
+(``cameras.bin``, ``images.bin``, ``points3D.bin``, ...), ``model.ply``, every model found
+under ``models/<k>/``, and ``pairs-verified.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycolmap
+
+from sfmkit.errors import SfmkitError
+from sfmkit.geometry.verify import read_verified
+from sfmkit.io.h5 import H5Reader, read_file_attrs
+from sfmkit.io.images import read_image
+from sfmkit.io.pairs import read_pairs, write_pairs
+from sfmkit.reconstruction.cameras import CameraConf
+from sfmkit.reconstruction.database import create_database, import_matches
+from sfmkit.utils.progress import bar, track
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MapConf:
+    """Attributes:
+    camera: camera models and sharing (see :class:`CameraConf`).
+    two_view_max_error: RANSAC threshold (pixels) of pycolmap's two-view geometry.
+    min_num_matches: pairs with fewer verified matches are ignored by the mapper.
+    min_model_size: smallest model the mapper keeps.
+    seed: random seed of pycolmap (deterministic runs on one thread count).
+    num_threads: pycolmap threads (-1 = all cores).
+    """
+
+    camera: CameraConf = field(default_factory=CameraConf)
+    two_view_max_error: float = 4.0
+    min_num_matches: int = 15
+    min_model_size: int = 3
+    seed: int = 0
+    num_threads: int = -1
+
+
+@dataclass(frozen=True)
+class MapResult:
+    """Attributes:
+    path: folder of the largest model.
+    reconstruction: the largest model (None when nothing could be reconstructed).
+    stats: counts and errors for summaries and reports.
+    """
+
+    path: Path
+    reconstruction: pycolmap.Reconstruction | None
+    stats: dict[str, Any]
+
+
+def _mapper_options(conf: MapConf) -> pycolmap.IncrementalPipelineOptions:
+    options = pycolmap.IncrementalPipelineOptions()
+    options.min_num_matches = conf.min_num_matches
+    options.min_model_size = conf.min_model_size
+    options.extract_colors = False  # colours are sampled by sfmkit (EXIF-rotated images)
+    options.num_threads = conf.num_threads
+    options.random_seed = conf.seed
+    options.mapper.random_seed = conf.seed
+    options.triangulation.random_seed = conf.seed
+    known = conf.camera.intrinsics is not None
+    refine = not known or conf.camera.refine_intrinsics
+    options.ba_refine_focal_length = refine
+    options.ba_refine_principal_point = known and conf.camera.refine_intrinsics
+    options.ba_refine_extra_params = refine
+    options.mapper.abs_pose_refine_focal_length = refine
+    options.mapper.abs_pose_refine_extra_params = refine
+    return options
+
+
+def reconstruction_stats(rec: pycolmap.Reconstruction | None, num_images: int) -> dict[str, Any]:
+    if rec is None:
+        return {"images": num_images, "registered": 0, "points3D": 0}
+    return {
+        "images": num_images,
+        "registered": rec.num_reg_images(),
+        "points3D": rec.num_points3D(),
+        "observations": rec.compute_num_observations(),
+        "mean_track_length": round(rec.compute_mean_track_length(), 3),
+        "mean_observations_per_image": round(rec.compute_mean_observations_per_reg_image(), 1),
+        "mean_reprojection_error_px": round(rec.compute_mean_reprojection_error(), 4),
+        "cameras": {int(cid): f"{cam.model_name} {cam.params_to_string()}" for cid, cam in rec.cameras.items()},
+    }
+
+
+def colorize(rec: pycolmap.Reconstruction, image_dir: Path, max_size: int = 1600) -> None:
+    """Set each 3D point's colour to the mean colour of its observations."""
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    for image_id in track(list(rec.reg_image_ids()), "colours"):
+        image = rec.images[image_id]
+        try:
+            loaded = read_image(Path(image_dir) / image.name, max_size)
+        except SfmkitError as exc:
+            logger.warning("no colours from %s: %s", image.name, exc)
+            continue
+        h, w = loaded.rgb.shape[:2]
+        for p2d in image.points2D:
+            if not p2d.has_point3D():
+                continue
+            x = min(max(int(p2d.xy[0] / loaded.scale[0]), 0), w - 1)
+            y = min(max(int(p2d.xy[1] / loaded.scale[1]), 0), h - 1)
+            pid = p2d.point3D_id
+            sums[pid] = sums.get(pid, 0) + loaded.rgb[y, x].astype(np.float64)
+            counts[pid] = counts.get(pid, 0) + 1
+    for pid, total in sums.items():
+        rec.points3D[pid].color = np.round(total / counts[pid]).astype(np.uint8)
+
+
+def map_images(
+    conf: MapConf,
+    image_dir: Path,
+    verified: Path,
+    pairs: Path,
+    out_dir: Path,
+    *,
+    features: Path | None = None,
+) -> MapResult:
+    """Reconstruct the images of ``pairs`` from their verified matches."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SfmkitError(f"cannot create output folder {out_dir}: {exc.strerror}") from exc
+    features = Path(features or read_file_attrs(verified).get("features", ""))
+    if not features.is_file():
+        raise SfmkitError(f"the feature file of {verified} ({features}) is missing; pass --features")
+    db_path = out_dir / "database.db"
+    with H5Reader(features) as feats, H5Reader(verified) as ver:
+        feature_names = {k[0] for k in feats.items(1)}
+        pair_list = read_pairs(pairs, feature_names)
+        names = sorted({n for p in pair_list for n in p})
+        image_ids = create_database(db_path, image_dir, names, feats, conf.camera)
+        matches = {}
+        for pair in pair_list:
+            m = read_verified(ver, pair)
+            if m is not None and len(m) >= conf.min_num_matches:
+                matches[pair] = m
+    if not matches:
+        raise SfmkitError(
+            "no image pair has enough verified matches to start a reconstruction; check that the "
+            "images overlap, or try more pairs (--pairs exhaustive) or a larger --max-size"
+        )
+    import_matches(db_path, image_ids, matches)
+    pairs_verified = write_pairs(out_dir / "pairs-verified.txt", matches.keys())
+    two_view = pycolmap.TwoViewGeometryOptions()
+    two_view.ransac.max_error = conf.two_view_max_error
+    two_view.ransac.random_seed = conf.seed
+    pycolmap.verify_matches(db_path, pairs_verified, two_view)
+
+    models_dir = out_dir / "models"
+    if models_dir.exists():
+        shutil.rmtree(models_dir)
+    models_dir.mkdir()
+    pycolmap.set_random_seed(conf.seed)
+    with bar("map (registered images)", total=len(names)) as progress:
+        models = pycolmap.incremental_mapping(
+            db_path,
+            image_dir,
+            models_dir,
+            _mapper_options(conf),
+            initial_image_pair_callback=lambda: progress.advance(2),
+            next_image_callback=lambda: progress.advance(1),
+        )
+    best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()), default=None)
+    if best is not None:
+        colorize(best, image_dir)
+        best.write(out_dir)
+        best.export_PLY(out_dir / "model.ply")
+    stats = reconstruction_stats(best, len(names))
+    stats["models"] = len(models)
+    stats["pairs_imported"] = len(matches)
+    if best is not None:
+        registered = {img.name for img in best.images.values() if img.has_pose}
+        stats["unregistered"] = sorted(set(names) - registered)
+    return MapResult(out_dir, best, stats)

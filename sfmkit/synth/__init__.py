@@ -1,0 +1,1 @@
+"""Rendered scenes with exact ground truth (for tests, benchmarks and training data)."""

@@ -1,0 +1,57 @@
+"""Frozen-dataclass configurations: strict (de)serialisation and output-file tags.
+
+Every stage takes a frozen dataclass. Named presets live beside each stage; an option the
+user changes yields a new config whose output file name gets a short hash suffix, so two
+different settings never write to the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, TypeVar
+
+from sfmkit.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def conf_to_dict(conf: Any) -> dict[str, Any]:
+    """The config as a plain JSON-able dict (nested dataclasses included)."""
+    return json.loads(json.dumps(dataclasses.asdict(conf), default=str))
+
+
+def conf_to_json(conf: Any) -> str:
+    """Canonical JSON (sorted keys) used for file attributes and hashing."""
+    return json.dumps(conf_to_dict(conf), sort_keys=True)
+
+
+def conf_from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Build ``cls`` from ``values``; an unknown key is an error, not silently ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {unknown} for {cls.__name__}; valid options: {sorted(names)}"
+        )
+    return cls(**values)
+
+
+def replace(conf: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that drops ``None`` values (an option the user left unset)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    names = {f.name for f in dataclasses.fields(conf)}  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for {type(conf).__name__}")
+    return dataclasses.replace(conf, **changes)  # type: ignore[type-var]
+
+
+def conf_tag(conf: Any, preset: Any | None) -> str:
+    """File-name tag: the preset's name, plus a hash when ``conf`` differs from the preset."""
+    name = getattr(conf, "name")
+    if preset is not None and conf_to_json(conf) == conf_to_json(preset):
+        return name
+    digest = hashlib.sha1(conf_to_json(conf).encode()).hexdigest()[:8]
+    return f"{name}-{digest}"

@@ -1,0 +1,56 @@
+"""``report.json``: config, counts and per-stage timings written by every command.
+
+One ``report.json`` per output folder; each command writes (or replaces) its own section, so
+running ``extract``, ``match``, ... into one folder leaves one report holding all of them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import sfmkit
+
+
+def _versions() -> dict[str, str]:
+    import pycolmap
+    import torch
+
+    return {
+        "sfmkit": sfmkit.__version__,
+        "pycolmap": pycolmap.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_report(out_dir: Path, command: str, **section: Any) -> Path:
+    """Write the ``command`` section of ``out_dir/report.json`` (other sections are kept)."""
+    path = Path(out_dir) / "report.json"
+    report: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            report = {}
+    report["versions"] = _versions()
+    report[command] = {
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **section,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,36 @@
+"""Shared fixtures: a small rendered scene (once per session) and tiny image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import textured_image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def rendered_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """8 images (480x360) of a textured blocks scene seen from an arc of cameras."""
+    from sfmkit.synth.dataset import write_dataset
+    from sfmkit.synth.scene import blocks_scene, orbit_cameras
+
+    out = tmp_path_factory.mktemp("scene")
+    scene = blocks_scene(seed=0)
+    cameras = orbit_cameras(8, seed=0)
+    write_dataset(out, scene, cameras)
+    return out, scene
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Four small RGB JPEGs."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(textured_image(i)).save(folder / f"im{i}.jpg", quality=95)
+    return folder

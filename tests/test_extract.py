@@ -1,0 +1,136 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from sfmkit.errors import ConfigError
+from sfmkit.features import get_conf
+from sfmkit.features import dense_vgg
+from sfmkit.features.extract import extract, features_path
+from sfmkit.io.h5 import H5Reader, json_attr
+from sfmkit.utils.config import replace
+
+from helpers import textured_image
+
+CONF = replace(get_conf("dense-vgg16"), weights="random", max_size=160)
+
+
+def test_dense_record_layout(image_folder, tmp_path):
+    path = extract(CONF, image_folder, tmp_path / "out", device="cpu")
+    with H5Reader(path) as r:
+        key = ("im0.jpg",)
+        kpts = r.array(key, "keypoints")
+        desc = r.array(key, "descriptors")
+        h, w = r.array(key, "grid_shape")
+        hc, wc = r.array(key, "coarse/grid_shape")
+        assert (h, w) == (15, 20) and (hc, wc) == (7, 10)
+        assert kpts.shape == (h * w, 2) and desc.shape == (256, h * w) and desc.dtype == np.float16
+        assert r.array(key, "coarse/descriptors").shape == (512, hc * wc)
+        assert r.array(key, "norms/conv1_2").shape == (120, 160)
+        np.testing.assert_allclose(np.linalg.norm(desc.astype(np.float32), axis=0), 1, atol=2e-3)
+        # each keypoint lies inside its own pool3 cell (8x8 pixels)
+        rows, cols = np.divmod(np.arange(h * w), w)
+        assert np.all((kpts[:, 0] >= cols * 8) & (kpts[:, 0] <= cols * 8 + 8))
+        assert np.all((kpts[:, 1] >= rows * 8) & (kpts[:, 1] <= rows * 8 + 8))
+        assert list(r.array(key, "image_size")) == [160, 120]
+
+
+def test_keypoints_are_in_full_resolution_pixels(tmp_path):
+    folder = tmp_path / "im"
+    folder.mkdir()
+    Image.fromarray(textured_image(0, (640, 480))).save(folder / "a.png")
+    pixel = extract(replace(CONF, subpixel=False), folder, tmp_path / "out", device="cpu")
+    refined = extract(CONF, folder, tmp_path / "out", device="cpu")
+    with H5Reader(pixel) as r:
+        kpts = r.array(("a.png",), "keypoints")
+        assert list(r.array(("a.png",), "image_size")) == [640, 480]
+    with H5Reader(refined) as r:
+        sub = r.array(("a.png",), "keypoints")
+    assert kpts[:, 0].max() < 640 and kpts[:, 0].max() > 600 and kpts.min() > 0
+    # pixel centres of a 4x downscaled grid: (j + 0.5) * 4
+    assert np.allclose(np.mod(kpts / 4 - 0.5, 1), 0)
+    # sub-pixel refinement moves keypoints by at most half a (downscaled) pixel, and some do move
+    shift = np.abs(sub - kpts)
+    assert shift.max() <= 2.0 + 1e-5 and (shift > 0.01).mean() > 0.3
+
+
+def test_corrupt_images_are_skipped_and_reported(image_folder, tmp_path):
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (image_folder / "notes.txt").write_text("hello")
+    path = extract(CONF, image_folder, tmp_path / "out", device="cpu")
+    skipped = json_attr(path, "skipped")
+    assert list(skipped) == ["broken.jpg"] and "broken.jpg" in skipped["broken.jpg"]
+    assert json_attr(path, "last_run")["computed"] == 4
+    assert json_attr(path, "ignored_files") == ["notes.txt"]
+
+
+def test_changed_options_use_another_file_and_same_options_resume(image_folder, tmp_path):
+    a = extract(CONF, image_folder, tmp_path, device="cpu")
+    b = extract(replace(CONF, max_size=128), image_folder, tmp_path, device="cpu")
+    assert a != b
+    again = extract(CONF, image_folder, tmp_path, device="cpu")
+    assert again == a and json_attr(a, "last_run")["reused"] == 4
+
+
+def test_interrupted_run_resumes_without_redoing_images(image_folder, tmp_path, monkeypatch):
+    calls = []
+    original = dense_vgg.DenseVGGExtractor.__call__
+
+    def flaky(self, image):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, image)
+
+    monkeypatch.setattr(dense_vgg.DenseVGGExtractor, "__call__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        extract(CONF, image_folder, tmp_path, device="cpu")
+    with h5py.File(features_path(CONF, tmp_path), "r") as f:
+        assert len(f.keys()) == 2
+    calls.clear()
+    monkeypatch.setattr(dense_vgg.DenseVGGExtractor, "__call__", original)
+    path = extract(CONF, image_folder, tmp_path, device="cpu")
+    run = json_attr(path, "last_run")
+    assert run == {**run, "computed": 2, "reused": 2}
+
+
+def test_killed_process_resumes(tmp_path):
+    """SIGKILL during extraction, then the same command finishes only the rest."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(textured_image(i, (480, 360))).save(folder / f"{i:02d}.jpg")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sfmkit", "-v", "extract", str(folder), "-o", str(out),
+           "--weights", "random", "--max-size", "480", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    done = 0
+    deadline = time.time() + 120
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        done += "extracted" in line
+        if done >= 3 or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert done >= 3
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    path = next(out.glob("features-*.h5"))
+    run = json_attr(path, "last_run")
+    assert run["reused"] >= 3 and run["computed"] == 12 - run["reused"]
+    with H5Reader(path) as r:
+        assert len(r.items(1)) == 12
+
+
+def test_unknown_weights_and_bad_sizes_are_config_errors():
+    with pytest.raises(ConfigError):
+        replace(CONF, max_size=10)
+    with pytest.raises(ConfigError):
+        replace(CONF, not_an_option=1)

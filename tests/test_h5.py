@@ -1,0 +1,77 @@
+import h5py
+import numpy as np
+import pytest
+
+from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.io.h5 import H5Reader, ItemWriter, decode_name, encode_name, list_items
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "dir/sub/b 1.png", "odd%2Fname.jpg", "x%y/z"])
+def test_name_encoding_round_trips(name):
+    key = encode_name(name)
+    assert "/" not in key
+    assert decode_name(key) == name
+
+
+def test_items_round_trip_with_nested_datasets(tmp_path):
+    path = tmp_path / "f.h5"
+    kpts = np.random.default_rng(0).random((5, 2)).astype(np.float32)
+    with ItemWriter(path, "features", '{"a": 1}') as w:
+        w.write(("dir/a.jpg",), {"keypoints": kpts, "coarse/descriptors": np.ones((3, 5), np.float16)}, {"x": 2})
+    with H5Reader(path) as r:
+        assert r.items(1) == [("dir/a.jpg",)]
+        np.testing.assert_array_equal(r.array(("dir/a.jpg",), "keypoints"), kpts)
+        assert r.array(("dir/a.jpg",), "coarse/descriptors").dtype == np.float16
+        assert r.attrs(("dir/a.jpg",))["x"] == 2
+
+
+def test_pairs_round_trip(tmp_path):
+    path = tmp_path / "m.h5"
+    with ItemWriter(path, "matches", "{}", depth=2) as w:
+        w.write(("a/1.jpg", "b.jpg"), {"matches0": np.array([1, -1], np.int32)})
+        w.write(("a/1.jpg", "c.jpg"), {"matches0": np.array([-1, 0], np.int32)})
+    assert sorted(list_items(path, 2)) == [("a/1.jpg", "b.jpg"), ("a/1.jpg", "c.jpg")]
+
+
+def test_incomplete_items_are_removed_on_reopen(tmp_path):
+    path = tmp_path / "f.h5"
+    with ItemWriter(path, "features", "{}") as w:
+        w.write(("done.jpg",), {"keypoints": np.zeros((1, 2))})
+    with h5py.File(path, "a") as f:  # simulate a write cut short: no `complete` attribute
+        f.create_group("half.jpg").create_dataset("keypoints", data=np.zeros((1, 2)))
+    w = ItemWriter(path, "features", "{}")
+    assert w.done == {("done.jpg",)}
+    with h5py.File(path, "r") as f:
+        assert "half.jpg" not in f
+
+
+def test_other_config_is_refused_unless_overwrite(tmp_path):
+    path = tmp_path / "f.h5"
+    with ItemWriter(path, "features", '{"max_size": 1024}') as w:
+        w.write(("a.jpg",), {"keypoints": np.zeros((1, 2))})
+    with pytest.raises(ConfigError, match="another configuration"):
+        ItemWriter(path, "features", '{"max_size": 1600}')
+    with pytest.raises(ConfigError, match="not an sfmkit matches file"):
+        ItemWriter(path, "matches", '{"max_size": 1024}')
+    w = ItemWriter(path, "features", '{"max_size": 1600}', overwrite=True)
+    assert w.done == set()
+
+
+def test_corrupt_file_is_moved_aside(tmp_path):
+    path = tmp_path / "f.h5"
+    path.write_bytes(b"not hdf5 at all")
+    w = ItemWriter(path, "features", "{}")
+    assert w.done == set()
+    assert list(tmp_path.glob("f.h5.corrupt-*"))
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SfmkitError, match="cannot create output folder"):
+        ItemWriter(blocker / "out" / "f.h5", "features", "{}")
+
+
+def test_reader_on_missing_file(tmp_path):
+    with pytest.raises(SfmkitError, match="does not exist"):
+        H5Reader(tmp_path / "nope.h5")

@@ -1,0 +1,79 @@
+import numpy as np
+import torch
+
+from sfmkit.matching.coarse_to_fine import coarse_to_fine, one_to_one
+from sfmkit.matching.mutual_nn import mutual_nn
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def test_mutual_nn_recovers_a_permutation_with_noise():
+    g = torch.Generator().manual_seed(0)
+    d0 = unit(torch.randn(500, 64, generator=g))
+    perm = torch.randperm(500, generator=g)
+    d1 = unit(d0[perm] + 0.05 * torch.randn(500, 64, generator=g))
+    i0, i1, s = mutual_nn(d0, d1)
+    assert len(i0) == 500
+    assert torch.equal(perm[i1], i0)
+    assert (s > 0.85).all()
+
+
+def test_mutual_nn_chunking_does_not_change_the_result():
+    g = torch.Generator().manual_seed(1)
+    d0, d1 = unit(torch.randn(300, 16, generator=g)), unit(torch.randn(280, 16, generator=g))
+    a = mutual_nn(d0, d1, ratio=0.95, chunk=4096)
+    b = mutual_nn(d0, d1, ratio=0.95, chunk=37)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+def test_mutual_nn_rejects_non_mutual_and_ambiguous_matches():
+    d0 = unit(torch.tensor([[1.0, 0.0], [0.9, 0.1]]))
+    d1 = unit(torch.tensor([[1.0, 0.01]]))
+    i0, i1, _ = mutual_nn(d0, d1)
+    assert i0.tolist() == [0] and i1.tolist() == [0]  # only the mutual one
+    d1b = unit(torch.tensor([[1.0, 0.0], [1.0, 0.001]]))
+    query = unit(torch.tensor([[1.0, 0.0005]]))  # equidistant from both candidates
+    i0, _, _ = mutual_nn(query, d1b, ratio=0.8)
+    assert len(i0) == 0  # two near-identical candidates fail the ratio test
+
+
+def test_coarse_to_fine_matches_fine_cells_inside_coarse_matches():
+    # image 1 is image 0 shifted by one coarse cell (two fine cells) to the right
+    g = torch.Generator().manual_seed(2)
+    hc, wc = 4, 6
+    hf, wf = 2 * hc, 2 * wc
+    fine0 = unit(torch.randn(hf * wf, 32, generator=g))
+    coarse0 = unit(torch.randn(hc * wc, 64, generator=g))
+    fine_grid0 = fine0.view(hf, wf, 32)
+    fine_grid1 = torch.roll(fine_grid0, shifts=2, dims=1)
+    coarse1 = torch.roll(coarse0.view(hc, wc, 64), shifts=1, dims=1).reshape(-1, 64)
+    i0, i1, s = coarse_to_fine(
+        coarse0, coarse1, (hc, wc), (hc, wc), fine0, fine_grid1.reshape(-1, 32), (hf, wf), (hf, wf)
+    )
+    assert len(i0) == hf * wf  # every fine cell (roll keeps all cells)
+    r0, c0 = i0 // wf, i0 % wf
+    r1, c1 = i1 // wf, i1 % wf
+    assert torch.equal(r0, r1)
+    assert torch.equal((c0 + 2) % wf, c1)
+    assert torch.allclose(s, torch.ones_like(s))
+
+
+def test_coarse_to_fine_with_radius_stays_one_to_one():
+    g = torch.Generator().manual_seed(3)
+    coarse = unit(torch.randn(12, 8, generator=g))
+    fine = unit(torch.randn(48, 8, generator=g))
+    i0, i1, _ = coarse_to_fine(coarse, coarse, (3, 4), (3, 4), fine, fine, (6, 8), (6, 8), radius=1)
+    assert len(set(i0.tolist())) == len(i0) and len(set(i1.tolist())) == len(i1)
+    assert torch.equal(i0, i1)
+
+
+def test_one_to_one_keeps_the_best_of_each_index():
+    idx0 = torch.tensor([0, 0, 1, 2])
+    idx1 = torch.tensor([5, 6, 6, 7])
+    score = torch.tensor([0.9, 0.8, 0.95, 0.5])
+    keep = one_to_one(idx0, idx1, score)
+    assert keep.tolist() == [True, False, True, True]
+    assert np.array_equal(keep.numpy(), [True, False, True, True])
