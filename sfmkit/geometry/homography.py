@@ -48,7 +48,7 @@ def dlt(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     a = np.concatenate([rows_u, rows_v], axis=1)  # (B, 2n, 9)
     if n == 4:
         a = np.concatenate([a, np.zeros((b, 1, 9))], axis=1)  # square for a full SVD basis
-    _, _, vh = np.linalg.svd(a)
+    _, _, vh = np.linalg.svd(a, full_matrices=False)
     hn = vh[:, -1, :].reshape(b, 3, 3)
     h = np.linalg.inv(t1) @ hn @ t0
     return h / np.linalg.norm(h, axis=(1, 2), keepdims=True)
