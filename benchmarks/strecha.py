@@ -58,7 +58,7 @@ def run_scene(scene: Path, out: Path, intrinsics: bool, sizes: list[int]) -> lis
                      "timings": result.timings, **score(scene, result.mapping.reconstruction)})  # fmt: skip
     start = time.perf_counter()
     names = list_images(images).names
-    colmap = run_colmap_sift(images, names, out / scene.name / "colmap_sift", intrinsics=k_file)
+    colmap = run_colmap_sift(images, names, out / scene.name / "colmap_sift", intrinsics=k_file, camera_mode="single")
     rows.append({"scene": scene.name, "method": "COLMAP sift (pycolmap)", "wall_s": round(time.perf_counter() - start, 1),
                  "timings": colmap.timings, **score(scene, colmap.reconstruction)})  # fmt: skip
     return rows

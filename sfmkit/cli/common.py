@@ -58,21 +58,22 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SfmkitError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print(
-                "[yellow]interrupted[/]: finished items are saved; run the same command again to resume"
+                "[yellow]interrupted[/]: finished items are saved; run the same command again to resume",
+                soft_wrap=True,
             )
             raise typer.Exit(130) from None
         except PermissionError as exc:
-            err_console.print(f"[bold red]error:[/] permission denied: {exc.filename}", highlight=False)
+            err_console.print(f"[bold red]error:[/] permission denied: {exc.filename}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as exc:
             if exc.errno is None:
                 raise
             where = f": {exc.filename}" if exc.filename else ""
-            err_console.print(f"[bold red]error:[/] {exc.strerror}{where}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {exc.strerror}{where}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         finally:
             signal.signal(signal.SIGTERM, previous)

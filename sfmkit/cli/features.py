@@ -94,7 +94,7 @@ def extract_cmd(
         ],
     )
     for name, reason in skipped.items():
-        console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
+        console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -50,7 +50,7 @@ def mapping_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 def print_unregistered(result: MapResult) -> None:
     missing = result.stats.get("unregistered") or []
     if missing:
-        console.print(f"[yellow]not registered[/] ({len(missing)}): {', '.join(missing[:20])}", highlight=False)
+        console.print(f"[yellow]not registered[/] ({len(missing)}): {', '.join(missing[:20])}", highlight=False, soft_wrap=True)
 
 
 @handle_errors

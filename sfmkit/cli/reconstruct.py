@@ -31,8 +31,9 @@ from sfmkit.cli.mapping import (
     print_unregistered,
 )
 from sfmkit.cli.matching import PairsOpt
+from sfmkit.features import extractor_kind
 from sfmkit.geometry import verify as verify_mod
-from sfmkit.pipelines.reconstruct import ReconstructConf, reconstruct
+from sfmkit.pipelines.reconstruct import DEFAULT_VERIFY_FOR_FEATURES, ReconstructConf, reconstruct
 from sfmkit.utils.config import replace
 
 
@@ -57,9 +58,6 @@ def reconstruct_cmd(
     fconf = feature_conf(features.value, max_size, weights)
     vconf = None
     if best_pairs is not None:
-        from sfmkit.pipelines.reconstruct import DEFAULT_VERIFY_FOR_FEATURES
-        from sfmkit.features import extractor_kind
-
         vconf = replace(verify_mod.CONFS[DEFAULT_VERIFY_FOR_FEATURES[extractor_kind(fconf)]], best_pairs=best_pairs)
     conf = ReconstructConf(
         features=fconf, verify=vconf, pairs=pairs,

@@ -28,9 +28,13 @@ def run_colmap_sift(
     out_dir: Path,
     *,
     intrinsics: Path | None = None,
+    camera_mode: str = "auto",
     seed: int = 0,
 ) -> ColmapSiftResult:
-    """Reconstruct ``image_names`` with COLMAP's SIFT pipeline (one shared camera)."""
+    """Reconstruct ``image_names`` with COLMAP's SIFT pipeline.
+
+    ``camera_mode`` is COLMAP's (``auto``, ``single``, ``per-image``, ``per-folder``); with
+    ``intrinsics`` every image gets that fixed PINHOLE camera."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -49,7 +53,7 @@ def run_colmap_sift(
         options.ba_refine_extra_params = False
     with timer.stage("extract"):
         pycolmap.extract_features(
-            db, image_dir, image_names=list(image_names), camera_mode=pycolmap.CameraMode.SINGLE,
+            db, image_dir, image_names=list(image_names), camera_mode=getattr(pycolmap.CameraMode, camera_mode.upper().replace("-", "_")),
             reader_options=reader, device=pycolmap.Device.cpu,
         )  # fmt: skip
     with timer.stage("match"):

@@ -32,11 +32,20 @@ logger = logging.getLogger(__name__)
 class MapConf:
     """Attributes:
     camera: camera models and sharing (see :class:`CameraConf`).
-    two_view_max_error: RANSAC threshold (pixels) of pycolmap's two-view geometry.
+    two_view_max_error: RANSAC threshold of pycolmap's two-view geometry, in full-resolution
+        pixels. (Scaling COLMAP's pixel thresholds by the extraction downscale was measured on
+        Strecha: longer tracks, but no better cameras; so COLMAP's defaults are kept.)
     min_num_matches: pairs with fewer verified matches are ignored by the mapper.
     min_model_size: smallest model the mapper keeps.
     seed: random seed of pycolmap (deterministic runs on one thread count).
     num_threads: pycolmap threads (-1 = all cores).
+    init_min_tri_angles: minimum triangulation angle (degrees) of the initial pair, tried in
+        order: COLMAP's 16, then lower ones while the best model registers fewer than
+        ``retry_below`` of the images. Unordered photos of a distant landmark often have
+        no well-triangulated pair that also connects to the rest; COLMAP relaxes its
+        initialisation only when no model forms at all, this also does it when the model
+        stays small.
+    retry_below: fraction of registered images under which the next angle is tried.
     """
 
     camera: CameraConf = field(default_factory=CameraConf)
@@ -45,6 +54,8 @@ class MapConf:
     min_model_size: int = 3
     seed: int = 0
     num_threads: int = -1
+    init_min_tri_angles: tuple[float, ...] = (16.0, 8.0, 4.0)
+    retry_below: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,65 @@ def colorize(rec: pycolmap.Reconstruction, image_dir: Path, max_size: int = 1600
         rec.points3D[pid].color = np.round(total / counts[pid]).astype(np.uint8)
 
 
+def _size(rec: pycolmap.Reconstruction) -> tuple[int, int]:
+    return rec.num_reg_images(), rec.num_points3D()
+
+
+def _largest(models: dict[int, pycolmap.Reconstruction]) -> pycolmap.Reconstruction | None:
+    return max(models.values(), key=_size, default=None)
+
+
+def _incremental_mapping(
+    db_path: Path,
+    image_dir: Path,
+    models_dir: Path,
+    options: pycolmap.IncrementalPipelineOptions,
+    seed: int,
+    num_images: int,
+    angle: float,
+) -> dict[int, pycolmap.Reconstruction]:
+    """One pycolmap incremental-mapping run with a progress bar driven by its callbacks."""
+    if models_dir.exists():
+        shutil.rmtree(models_dir)
+    models_dir.mkdir(parents=True)
+    pycolmap.set_random_seed(seed)
+    with bar(f"map (init angle {angle:g})", total=num_images) as progress:
+        return pycolmap.incremental_mapping(
+            db_path,
+            image_dir,
+            models_dir,
+            options,
+            initial_image_pair_callback=lambda: progress.advance(2),
+            next_image_callback=lambda: progress.advance(1),
+        )
+
+
+def _run_mapper(
+    conf: MapConf, db_path: Path, image_dir: Path, out_dir: Path, num_images: int
+) -> tuple[pycolmap.Reconstruction | None, dict[int, pycolmap.Reconstruction], list[dict[str, Any]]]:
+    """Incremental mapping, retried with lower initial triangulation angles while the largest
+    model registers fewer than ``conf.retry_below`` of the images. Returns the largest model,
+    all models of its attempt, and a summary of the attempts."""
+    for stale in [out_dir / "models", *out_dir.glob("models-init*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale)
+    best, models, attempts = None, {}, []
+    for attempt, angle in enumerate(conf.init_min_tri_angles):
+        options = _mapper_options(conf)
+        options.mapper.init_min_tri_angle = angle
+        attempt_dir = out_dir / ("models" if attempt == 0 else f"models-init{angle:g}")
+        found = _incremental_mapping(db_path, image_dir, attempt_dir, options, conf.seed, num_images, angle)
+        candidate = _largest(found)
+        attempts.append({"init_min_tri_angle": angle, "registered": candidate.num_reg_images() if candidate else 0})
+        if candidate is not None and (best is None or _size(candidate) > _size(best)):
+            best, models = candidate, found
+        if best is not None and best.num_reg_images() >= conf.retry_below * num_images:
+            break
+        logger.info("the largest model registers %d of %d images; retrying with init_min_tri_angle < %g",
+                    0 if best is None else best.num_reg_images(), num_images, angle)
+    return best, models, attempts
+
+
 def map_images(
     conf: MapConf,
     image_dir: Path,
@@ -141,6 +211,12 @@ def map_images(
         feature_names = {k[0] for k in feats.items(1)}
         pair_list = read_pairs(pairs, feature_names)
         names = sorted({n for p in pair_list for n in p})
+        missing = [n for n in names if not (Path(image_dir) / n).is_file()]
+        if missing:
+            raise SfmkitError(
+                f"{len(missing)} image(s) of the feature file are not in {image_dir} (first: {missing[0]}); "
+                "pass the image folder the features were extracted from"
+            )
         image_ids = create_database(db_path, image_dir, names, feats, conf.camera)
         matches = {}
         for pair in pair_list:
@@ -159,27 +235,14 @@ def map_images(
     two_view.ransac.random_seed = conf.seed
     pycolmap.verify_matches(db_path, pairs_verified, two_view)
 
-    models_dir = out_dir / "models"
-    if models_dir.exists():
-        shutil.rmtree(models_dir)
-    models_dir.mkdir()
-    pycolmap.set_random_seed(conf.seed)
-    with bar("map (registered images)", total=len(names)) as progress:
-        models = pycolmap.incremental_mapping(
-            db_path,
-            image_dir,
-            models_dir,
-            _mapper_options(conf),
-            initial_image_pair_callback=lambda: progress.advance(2),
-            next_image_callback=lambda: progress.advance(1),
-        )
-    best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()), default=None)
+    best, models, attempts = _run_mapper(conf, db_path, image_dir, out_dir, len(names))
     if best is not None:
         colorize(best, image_dir)
         best.write(out_dir)
         best.export_PLY(out_dir / "model.ply")
     stats = reconstruction_stats(best, len(names))
     stats["models"] = len(models)
+    stats["mapping_attempts"] = attempts
     stats["pairs_imported"] = len(matches)
     if best is not None:
         registered = {img.name for img in best.images.values() if img.has_pose}

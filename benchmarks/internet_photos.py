@@ -1,0 +1,87 @@
+"""Unordered internet photos without ground truth (e.g. ../shared/datasets/sacre_coeur/mapping):
+sfmkit (dense VGG16), sfmkit --features sift and COLMAP's own SIFT pipeline in the same run.
+
+With no ground truth, each model is compared with COLMAP SIFT's: the mean angle between
+relative rotations of the images both registered (alignment-free), and the ratio of focal
+lengths. Prints JSON and a markdown table.
+
+    python benchmarks/internet_photos.py ../shared/datasets/sacre_coeur/mapping -o bench_out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from sfmkit.eval.colmap_sift import run_colmap_sift
+from sfmkit.eval.poses import mean_relative_rotation_error, model_poses
+from sfmkit.features import get_conf
+from sfmkit.io.images import list_images
+from sfmkit.pipelines.reconstruct import ReconstructConf, reconstruct
+from sfmkit.reconstruction.mapping import reconstruction_stats
+
+
+def focal_ratio(ref: pycolmap.Reconstruction, est: pycolmap.Reconstruction) -> float:
+    """Median over common images of est focal / ref focal."""
+    ref_f = {i.name: ref.cameras[i.camera_id].mean_focal_length() for i in ref.images.values() if i.has_pose}
+    est_f = {i.name: est.cameras[i.camera_id].mean_focal_length() for i in est.images.values() if i.has_pose}
+    common = sorted(set(ref_f) & set(est_f))
+    return float(np.median([est_f[n] / ref_f[n] for n in common])) if common else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", type=Path)
+    parser.add_argument("-o", "--output", type=Path, default=Path("bench_out"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    pycolmap.logging.minloglevel = 2
+    out = args.output / args.images.parent.name
+    names = list_images(args.images).names
+
+    start = time.perf_counter()
+    colmap = run_colmap_sift(args.images, names, out / "colmap_sift")
+    runs = {"COLMAP sift (pycolmap)": (colmap.reconstruction, colmap.timings, time.perf_counter() - start)}
+    for label, preset in (("sfmkit dense-vgg16", "dense-vgg16"), ("sfmkit sift", "sift")):
+        start = time.perf_counter()
+        result = reconstruct(ReconstructConf(features=get_conf(preset)), args.images, out / preset, overwrite=True)
+        runs[label] = (result.mapping.reconstruction, result.timings, time.perf_counter() - start)
+
+    reference = colmap.reconstruction
+    rows = []
+    for label, (rec, timings, wall) in runs.items():
+        stats = reconstruction_stats(rec, len(names))
+        row = {"method": label, "wall_s": round(wall, 1), "timings": timings, **stats}
+        if rec is not None and reference is not None:
+            row["relative_rotation_vs_colmap_deg"] = round(
+                mean_relative_rotation_error(model_poses(reference), model_poses(rec)), 3
+            )
+            row["focal_ratio_vs_colmap"] = round(focal_ratio(reference, rec), 3)
+        rows.append(row)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "internet_photos.json").write_text(json.dumps(rows, indent=2))
+    lines = [
+        "| method | registered | 3D points | track length | reproj. error (px) | rel. rotation vs COLMAP (deg) "
+        "| focal / COLMAP's | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['registered']}/{r['images']} | {r.get('points3D', 0)} | {r.get('mean_track_length', '-')} "
+            f"| {r.get('mean_reprojection_error_px', '-')} | {r.get('relative_rotation_vs_colmap_deg', '-')} "
+            f"| {r.get('focal_ratio_vs_colmap', '-')} | {r['wall_s']} |"
+        )
+    table = "\n".join(lines) + "\n"
+    (args.output / "internet_photos.md").write_text(table)
+    print(json.dumps(rows, indent=2))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
