@@ -1,6 +1,7 @@
 """`sfmkit reconstruct` on a scene the test renders itself, scored against its exact cameras."""
 
 import json
+import shutil
 
 import pycolmap
 from typer.testing import CliRunner
@@ -36,8 +37,14 @@ def test_reconstruct_rendered_scene_registers_all_and_is_accurate(rendered_scene
 
 
 def test_stage_commands_chain_like_reconstruct(rendered_scene, tmp_path):
+    """Each stage command in turn; image names with spaces and sub-folders."""
     scene_dir, _ = rendered_scene
-    images = str(scene_dir / "images")
+    folder = tmp_path / "my images"
+    for i, src in enumerate(sorted((scene_dir / "images").glob("*.png"))):
+        dst = folder / ("set A" if i < 4 else "set B") / f"view {i}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    images = str(folder)
     out = tmp_path / "stages"
     r = runner.invoke(app, ["--no-progress", "extract", images, "-o", str(out)])
     assert r.exit_code == 0, r.output
@@ -56,6 +63,9 @@ def test_stage_commands_chain_like_reconstruct(rendered_scene, tmp_path):
     assert r.exit_code == 0, r.output
     rec = pycolmap.Reconstruction(out / "sfm")
     assert rec.num_reg_images() == 8
+    assert {img.name for img in rec.images.values()} == {
+        f"set {'A' if i < 4 else 'B'}/view {i}.png" for i in range(8)
+    }
     cam = next(iter(rec.cameras.values()))
     assert cam.model_name == "PINHOLE" and abs(cam.params[0] - 480.0) < 1e-6  # fixed known K
     report = json.loads((out / "report.json").read_text())

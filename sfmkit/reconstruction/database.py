@@ -12,6 +12,7 @@ import pycolmap
 from sfmkit.io.h5 import H5Reader
 from sfmkit.io.pairs import Pair
 from sfmkit.reconstruction.cameras import CameraConf, describe_image, group_images, load_known_k, make_camera
+from sfmkit.utils.parallel import ordered_map
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
@@ -61,16 +62,42 @@ def create_database(
     return image_ids
 
 
-def import_matches(db_path: Path, image_ids: dict[str, int], matches: dict[Pair, np.ndarray]) -> int:
-    """Write (M, 2) keypoint-index matches per pair; returns the number of pairs written."""
+def import_matches(
+    db_path: Path,
+    image_ids: dict[str, int],
+    matches: dict[Pair, np.ndarray],
+    options: pycolmap.TwoViewGeometryOptions,
+    workers: int | None = None,
+) -> dict[str, int]:
+    """Write (M, 2) keypoint-index matches per pair and their two-view geometry.
+
+    The geometry is estimated by pycolmap (``estimate_two_view_geometry``: E, F or H with
+    RANSAC, COLMAP's configuration logic) pair by pair here rather than through a pairs
+    file, so image names may contain spaces.
+
+    Returns:
+        counts of pairs per two-view configuration name.
+    """
     db = pycolmap.Database.open(str(db_path))
-    written = 0
+    counts: dict[str, int] = {}
     try:
-        for (name0, name1), m in matches.items():
-            if len(m) == 0:
-                continue
-            db.write_matches(image_ids[name0], image_ids[name1], np.ascontiguousarray(m, dtype=np.uint32))
-            written += 1
+        cameras = {name: db.read_camera(db.read_image(iid).camera_id) for name, iid in image_ids.items()}
+        keypoints = {name: db.read_keypoints(iid)[:, :2].astype(np.float64) for name, iid in image_ids.items()}
+
+        def estimate(item: tuple[Pair, np.ndarray]) -> tuple[Pair, np.ndarray, pycolmap.TwoViewGeometry]:
+            (a, b), m = item
+            m = np.ascontiguousarray(m, dtype=np.uint32)
+            geometry = pycolmap.estimate_two_view_geometry(
+                cameras[a], keypoints[a], cameras[b], keypoints[b], m, options
+            )
+            return (a, b), m, geometry
+
+        jobs = [(pair, m) for pair, m in matches.items() if len(m)]
+        for (a, b), m, geometry in track(ordered_map(estimate, jobs, workers), "two-view geometry", total=len(jobs)):
+            db.write_matches(image_ids[a], image_ids[b], m)
+            db.write_two_view_geometry(image_ids[a], image_ids[b], geometry)
+            key = pycolmap.TwoViewGeometryConfiguration(geometry.config).name
+            counts[key] = counts.get(key, 0) + 1
     finally:
         db.close()
-    return written
+    return counts

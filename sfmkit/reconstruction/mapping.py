@@ -228,12 +228,11 @@ def map_images(
             "no image pair has enough verified matches to start a reconstruction; check that the "
             "images overlap, or try more pairs (--pairs exhaustive) or a larger --max-size"
         )
-    import_matches(db_path, image_ids, matches)
-    pairs_verified = write_pairs(out_dir / "pairs-verified.txt", matches.keys())
+    write_pairs(out_dir / "pairs-verified.txt", matches.keys())
     two_view = pycolmap.TwoViewGeometryOptions()
     two_view.ransac.max_error = conf.two_view_max_error
     two_view.ransac.random_seed = conf.seed
-    pycolmap.verify_matches(db_path, pairs_verified, two_view)
+    configurations = import_matches(db_path, image_ids, matches, two_view)
 
     best, models, attempts = _run_mapper(conf, db_path, image_dir, out_dir, len(names))
     if best is not None:
@@ -244,6 +243,7 @@ def map_images(
     stats["models"] = len(models)
     stats["mapping_attempts"] = attempts
     stats["pairs_imported"] = len(matches)
+    stats["two_view_configurations"] = configurations
     if best is not None:
         registered = {img.name for img in best.images.values() if img.has_pose}
         stats["unregistered"] = sorted(set(names) - registered)
