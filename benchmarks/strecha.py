@@ -51,16 +51,34 @@ def run_scene(scene: Path, out: Path, intrinsics: bool, sizes: list[int]) -> lis
     for label, fconf in methods:
         start = time.perf_counter()
         result = reconstruct(
-            ReconstructConf(features=fconf, mapping=mapping), images, out / scene.name / label.replace(" ", "_"),
+            ReconstructConf(features=fconf, mapping=mapping),
+            images,
+            out / scene.name / label.replace(" ", "_"),
             overwrite=True,
-        )  # fmt: skip
-        rows.append({"scene": scene.name, "method": label, "wall_s": round(time.perf_counter() - start, 1),
-                     "timings": result.timings, **score(scene, result.mapping.reconstruction)})  # fmt: skip
+        )
+        rows.append(
+            {
+                "scene": scene.name,
+                "method": label,
+                "wall_s": round(time.perf_counter() - start, 1),
+                "timings": result.timings,
+                **score(scene, result.mapping.reconstruction),
+            }
+        )
     start = time.perf_counter()
     names = list_images(images).names
-    colmap = run_colmap_sift(images, names, out / scene.name / "colmap_sift", intrinsics=k_file, camera_mode="single")
-    rows.append({"scene": scene.name, "method": "COLMAP sift (pycolmap)", "wall_s": round(time.perf_counter() - start, 1),
-                 "timings": colmap.timings, **score(scene, colmap.reconstruction)})  # fmt: skip
+    colmap = run_colmap_sift(
+        images, names, out / scene.name / "colmap_sift", intrinsics=k_file, camera_mode="single"
+    )
+    rows.append(
+        {
+            "scene": scene.name,
+            "method": "COLMAP sift (pycolmap)",
+            "wall_s": round(time.perf_counter() - start, 1),
+            "timings": colmap.timings,
+            **score(scene, colmap.reconstruction),
+        }
+    )
     return rows
 
 
@@ -76,14 +94,18 @@ def markdown(rows: list[dict], intrinsics: bool) -> str:
         pos = f"{p['mean']:.1f} / {p['median']:.1f} / {p['max']:.1f}" if p else "-"
         rot = f"{r['rotation_deg']['mean']:.3f}" if "rotation_deg" in r else "-"
         stages = " / ".join(f"{t.get(s, 0):.0f}" for s in ("extract", "match", "verify", "map"))
-        lines.append(f"| {r['scene']} | {r['method']} | {r['registered']}/{r['total']} | {pos} | {rot} "
-                     f"| {r.get('relative_rotation_deg', '-')} | {stages} | {r['wall_s']} |")  # fmt: skip
+        lines.append(
+            f"| {r['scene']} | {r['method']} | {r['registered']}/{r['total']} | {pos} | {rot} "
+            f"| {r.get('relative_rotation_deg', '-')} | {stages} | {r['wall_s']} |"
+        )
     title = f"Known intrinsics (K.txt): {'yes' if intrinsics else 'no'}\n\n"
     return title + head + "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("scenes", nargs="+", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_out"))
     parser.add_argument("--intrinsics", action="store_true", help="use each scene's images/K.txt")
@@ -91,7 +113,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pycolmap.logging.minloglevel = 2
-    rows = [row for scene in args.scenes for row in run_scene(scene, args.output, args.intrinsics, args.max_size)]
+    rows = [
+        row for scene in args.scenes for row in run_scene(scene, args.output, args.intrinsics, args.max_size)
+    ]
     args.output.mkdir(parents=True, exist_ok=True)
     suffix = "_K" if args.intrinsics else ""
     (args.output / f"strecha{suffix}.json").write_text(json.dumps(rows, indent=2))

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import textured_image
+from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

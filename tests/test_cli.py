@@ -3,12 +3,11 @@
 import os
 
 import pytest
+from helpers import textured_image
 from PIL import Image
 from typer.testing import CliRunner
 
 from sfmkit.cli.main import app
-
-from helpers import textured_image
 
 runner = CliRunner()
 
@@ -28,7 +27,9 @@ def assert_clean_error(result, *needles: str) -> None:
 def test_missing_and_empty_image_folders(tmp_path):
     assert_clean_error(run("extract", str(tmp_path / "nope"), "-o", str(tmp_path / "o")), "does not exist")
     (tmp_path / "empty").mkdir()
-    assert_clean_error(run("reconstruct", str(tmp_path / "empty"), "-o", str(tmp_path / "o")), "no images found")
+    assert_clean_error(
+        run("reconstruct", str(tmp_path / "empty"), "-o", str(tmp_path / "o")), "no images found"
+    )
 
 
 def test_unwritable_output_folder(image_folder, tmp_path):
@@ -44,7 +45,9 @@ def test_read_only_output_folder(image_folder, tmp_path):
     out.mkdir()
     out.chmod(0o500)
     try:
-        assert_clean_error(run("extract", str(image_folder), "-o", str(out), "--weights", "random"), "not writable")
+        assert_clean_error(
+            run("extract", str(image_folder), "-o", str(out), "--weights", "random"), "not writable"
+        )
     finally:
         out.chmod(0o700)
 
@@ -61,15 +64,32 @@ def test_bad_options_and_files(image_folder, tmp_path):
     bad_k = tmp_path / "K.txt"
     bad_k.write_text("1 2 3")
     (tmp_path / "f.h5").write_bytes(b"")
-    result = run("reconstruct", str(image_folder), "-o", str(tmp_path / "r"), "--weights", "random",
-                 "--intrinsics", str(bad_k))  # fmt: skip
+    result = run(
+        "reconstruct",
+        str(image_folder),
+        "-o",
+        str(tmp_path / "r"),
+        "--weights",
+        "random",
+        "--intrinsics",
+        str(bad_k),
+    )
     assert_clean_error(result, "K.txt")
 
 
 def test_output_made_with_another_config_needs_overwrite(image_folder, tmp_path):
     import h5py
 
-    args = ["extract", str(image_folder), "-o", str(tmp_path / "o"), "--weights", "random", "--max-size", "128"]
+    args = [
+        "extract",
+        str(image_folder),
+        "-o",
+        str(tmp_path / "o"),
+        "--weights",
+        "random",
+        "--max-size",
+        "128",
+    ]
     assert run(*args).exit_code == 0
     path = next((tmp_path / "o").glob("features-dense-vgg16-*.h5"))
     with h5py.File(path, "a") as f:  # as if made by another version of the preset

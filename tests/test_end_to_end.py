@@ -48,18 +48,32 @@ def test_stage_commands_chain_like_reconstruct(rendered_scene, tmp_path):
     out = tmp_path / "stages"
     r = runner.invoke(app, ["--no-progress", "extract", images, "-o", str(out)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["--no-progress", "match", str(out / "features-dense-vgg16.h5"), "--pairs", "sequential:3"])
+    r = runner.invoke(
+        app, ["--no-progress", "match", str(out / "features-dense-vgg16.h5"), "--pairs", "sequential:3"]
+    )
     assert r.exit_code == 0, r.output
     matches = out / "matches-dense-vgg16_mnn-c2f.h5"
     pairs = out / "pairs-sequential3.txt"
-    r = runner.invoke(app, ["--no-progress", "verify", str(matches), "--pairs", str(pairs), "--best-pairs", "3"])
+    r = runner.invoke(
+        app, ["--no-progress", "verify", str(matches), "--pairs", str(pairs), "--best-pairs", "3"]
+    )
     assert r.exit_code == 0, r.output
     verified = next(out.glob("verified-*.h5"))
     r = runner.invoke(
         app,
-        ["--no-progress", "map", images, str(verified), "--pairs", str(pairs), "-o", str(out / "sfm"),
-         "--intrinsics", str(scene_dir / "images" / "K.txt")],
-    )  # fmt: skip
+        [
+            "--no-progress",
+            "map",
+            images,
+            str(verified),
+            "--pairs",
+            str(pairs),
+            "-o",
+            str(out / "sfm"),
+            "--intrinsics",
+            str(scene_dir / "images" / "K.txt"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     rec = pycolmap.Reconstruction(out / "sfm")
     assert rec.num_reg_images() == 8

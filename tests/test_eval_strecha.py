@@ -2,12 +2,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 from scipy.spatial.transform import Rotation
 
 from sfmkit.errors import SfmkitError
 from sfmkit.eval.strecha import StrechaCamera, read_camera, read_scene, write_camera
-
-from conftest import SHARED
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fountain-P11"
 

@@ -7,16 +7,14 @@ import time
 import h5py
 import numpy as np
 import pytest
+from helpers import textured_image
 from PIL import Image
 
 from sfmkit.errors import ConfigError
-from sfmkit.features import get_conf
-from sfmkit.features import dense_vgg
+from sfmkit.features import dense_vgg, get_conf
 from sfmkit.features.extract import extract, features_path
 from sfmkit.io.h5 import H5Reader, json_attr
 from sfmkit.utils.config import replace
-
-from helpers import textured_image
 
 CONF = replace(get_conf("dense-vgg16"), weights="random", max_size=160)
 
@@ -107,8 +105,22 @@ def test_killed_process_resumes(tmp_path):
     for i in range(12):
         Image.fromarray(textured_image(i, (480, 360))).save(folder / f"{i:02d}.jpg")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "sfmkit", "-v", "extract", str(folder), "-o", str(out),
-           "--weights", "random", "--max-size", "480", "--device", "cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "sfmkit",
+        "-v",
+        "extract",
+        str(folder),
+        "-o",
+        str(out),
+        "--weights",
+        "random",
+        "--max-size",
+        "480",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     done = 0
     deadline = time.time() + 120
@@ -129,8 +141,28 @@ def test_killed_process_resumes(tmp_path):
         assert len(r.items(1)) == 12
 
 
-def test_unknown_weights_and_bad_sizes_are_config_errors():
+def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError):
         replace(CONF, max_size=10)
     with pytest.raises(ConfigError):
         replace(CONF, not_an_option=1)
+    with pytest.raises(ConfigError):
+        replace(get_conf("sift"), max_size=0)
+
+
+def test_too_thin_images_are_skipped_not_fatal(image_folder, tmp_path):
+    Image.fromarray(textured_image(9, (1600, 40))).save(image_folder / "strip.png")
+    path = extract(CONF, image_folder, tmp_path, device="cpu")
+    skipped = json_attr(path, "skipped")
+    assert list(skipped) == ["strip.png"] and "too small" in skipped["strip.png"]
+    assert json_attr(path, "last_run")["computed"] == 4
+
+
+def test_features_of_another_image_folder_are_not_reused(image_folder, tmp_path):
+    extract(CONF, image_folder, tmp_path, device="cpu")
+    other = tmp_path / "other"
+    other.mkdir()
+    for p in image_folder.iterdir():
+        (other / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(ConfigError, match="another image dir"):
+        extract(CONF, other, tmp_path, device="cpu")

@@ -17,7 +17,9 @@ def test_items_round_trip_with_nested_datasets(tmp_path):
     path = tmp_path / "f.h5"
     kpts = np.random.default_rng(0).random((5, 2)).astype(np.float32)
     with ItemWriter(path, "features", '{"a": 1}') as w:
-        w.write(("dir/a.jpg",), {"keypoints": kpts, "coarse/descriptors": np.ones((3, 5), np.float16)}, {"x": 2})
+        w.write(
+            ("dir/a.jpg",), {"keypoints": kpts, "coarse/descriptors": np.ones((3, 5), np.float16)}, {"x": 2}
+        )
     with H5Reader(path) as r:
         assert r.items(1) == [("dir/a.jpg",)]
         np.testing.assert_array_equal(r.array(("dir/a.jpg",), "keypoints"), kpts)
@@ -72,6 +74,39 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
         ItemWriter(blocker / "out" / "f.h5", "features", "{}")
 
 
-def test_reader_on_missing_file(tmp_path):
+def test_reader_errors_are_clear(tmp_path):
     with pytest.raises(SfmkitError, match="does not exist"):
-        H5Reader(tmp_path / "nope.h5")
+        with H5Reader(tmp_path / "nope.h5"):
+            pass
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(SfmkitError, match="not a readable HDF5 file"):
+        with H5Reader(bad):
+            pass
+    path = tmp_path / "m.h5"
+    with ItemWriter(path, "matches", "{}", depth=2):
+        pass
+    with pytest.raises(SfmkitError, match="not an sfmkit features file"):
+        with H5Reader(path, "features"):
+            pass
+
+
+def test_items_from_other_inputs_are_not_reused(tmp_path):
+    path = tmp_path / "f.h5"
+    with ItemWriter(path, "features", "{}", identity={"image_dir": "/data/a"}) as w:
+        w.write(("x.jpg",), {"keypoints": np.zeros((1, 2))})
+    assert ItemWriter(path, "features", "{}", identity={"image_dir": "/data/a"}).done == {("x.jpg",)}
+    with pytest.raises(ConfigError, match="another image dir"):
+        ItemWriter(path, "features", "{}", identity={"image_dir": "/data/b"})
+
+
+def test_pair_lookup_in_either_order(tmp_path):
+    path = tmp_path / "m.h5"
+    with ItemWriter(path, "matches", "{}", depth=2) as w:
+        w.write(("a", "b"), {"x": np.zeros(1)})
+        assert w.pending([("a", "b"), ("b", "a"), ("a", "c")]) == [("a", "c")]
+    with H5Reader(path) as r:
+        assert r.pair_key(("a", "b")) == (("a", "b"), False)
+        assert r.pair_key(("b", "a")) == (("a", "b"), True)
+        with pytest.raises(SfmkitError):
+            r.pair_key(("a", "c"))

@@ -44,9 +44,9 @@ def two_planes(seed: int, n_a: int = 300, n_b: int = 200, n_out: int = 250, nois
     pb = rng.uniform(0, 1000, (n_b, 2))
     po = rng.uniform(0, 1000, (n_out, 2))
     p0 = np.concatenate([pa, pb, po])
-    p1 = np.concatenate(
-        [apply(H_A, pa), apply(H_B, pb), rng.uniform(0, 1000, (n_out, 2))]
-    ) + rng.normal(0, noise, (len(p0), 2))
+    p1 = np.concatenate([apply(H_A, pa), apply(H_B, pb), rng.uniform(0, 1000, (n_out, 2))]) + rng.normal(
+        0, noise, (len(p0), 2)
+    )
     labels = np.r_[np.zeros(n_a), np.ones(n_b), -np.ones(n_out)]
     return p0, p1, labels
 

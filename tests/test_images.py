@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from helpers import textured_image
 from PIL import Image
 
 from sfmkit.errors import ImageReadError, SfmkitError
 from sfmkit.io.images import image_size, list_images, read_image, target_size
-
-from helpers import textured_image
 
 
 def test_listing_ignores_non_images_and_hidden_files(tmp_path):
@@ -26,11 +25,21 @@ def test_empty_and_missing_folders_are_clear_errors(tmp_path):
         list_images(tmp_path / "nope")
     with pytest.raises(SfmkitError, match="more than once"):
         list_images(tmp_path, ["a.jpg", "a.jpg"])
+    with pytest.raises(SfmkitError, match="relative"):
+        list_images(tmp_path, ["../escape.jpg"])
 
 
 @pytest.mark.parametrize(
     "mode,suffix",
-    [("L", ".png"), ("P", ".png"), ("RGBA", ".png"), ("CMYK", ".jpg"), ("I;16", ".png"), ("LA", ".png"), ("1", ".png")],
+    [
+        ("L", ".png"),
+        ("P", ".png"),
+        ("RGBA", ".png"),
+        ("CMYK", ".jpg"),
+        ("I;16", ".png"),
+        ("LA", ".png"),
+        ("1", ".png"),
+    ],
 )
 def test_pixel_modes_become_rgb(tmp_path, mode, suffix):
     rgb = textured_image(3)

@@ -7,7 +7,9 @@ from sfmkit.geometry.sim3 import Sim3, robust_umeyama, umeyama
 
 def random_sim3(seed: int) -> Sim3:
     rng = np.random.default_rng(seed)
-    return Sim3(float(rng.uniform(0.5, 3)), Rotation.random(random_state=seed).as_matrix(), rng.normal(0, 5, 3))
+    return Sim3(
+        float(rng.uniform(0.5, 3)), Rotation.random(random_state=seed).as_matrix(), rng.normal(0, 5, 3)
+    )
 
 
 def test_umeyama_recovers_a_known_similarity():
@@ -52,4 +54,6 @@ def test_pose_errors_zero_for_ground_truth_and_known_rotation_perturbation():
     assert max(errors.position.values()) < 1e-6
     assert abs(errors.rotation["0.jpg"] - 2.0) < 1e-6
     assert max(v for k, v in errors.rotation.items() if k != "0.jpg") < 1e-6
-    assert abs(rotation_error_deg(np.eye(3), Rotation.from_euler("z", 30, degrees=True).as_matrix()) - 30) < 1e-9
+    assert (
+        abs(rotation_error_deg(np.eye(3), Rotation.from_euler("z", 30, degrees=True).as_matrix()) - 30) < 1e-9
+    )

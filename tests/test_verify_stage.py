@@ -1,6 +1,13 @@
 import numpy as np
 
-from sfmkit.geometry.verify import VerifyConf, inlier_counts, pair_seed, read_verified, select_best_pairs, verify
+from sfmkit.geometry.verify import (
+    VerifyConf,
+    inlier_counts,
+    pair_seed,
+    read_verified,
+    select_best_pairs,
+    verify,
+)
 from sfmkit.io.h5 import H5Reader, ItemWriter
 from sfmkit.io.pairs import write_pairs
 
@@ -59,5 +66,8 @@ def test_best_pairs_marks_unselected_pairs(tmp_path):
     feats, matches, pairs = _planar_pair_files(tmp_path)
     out = verify(VerifyConf(best_pairs=1), matches, pairs, tmp_path)
     with H5Reader(out) as r:
-        selected = [read_verified(r, p) is not None for p in [("a.jpg", "b.jpg"), ("a.jpg", "c.jpg"), ("c.jpg", "b.jpg")]]
+        selected = [
+            read_verified(r, p) is not None
+            for p in [("a.jpg", "b.jpg"), ("a.jpg", "c.jpg"), ("c.jpg", "b.jpg")]
+        ]
     assert 1 <= sum(selected) < 3

@@ -8,7 +8,6 @@ import signal
 import sys
 from collections.abc import Callable, Iterable
 from enum import Enum
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -67,7 +66,9 @@ def handle_errors(func: F) -> F:
             )
             raise typer.Exit(130) from None
         except PermissionError as exc:
-            err_console.print(f"[bold red]error:[/] permission denied: {exc.filename}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] permission denied: {exc.filename}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
         except OSError as exc:
             if exc.errno is None:
@@ -92,11 +93,7 @@ def summary_table(title: str, rows: Iterable[tuple[str, Any]]) -> None:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def timings_rows(timings: dict[str, float]) -> list[tuple[str, str]]:

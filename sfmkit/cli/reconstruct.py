@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,10 +31,7 @@ from sfmkit.cli.mapping import (
     print_unregistered,
 )
 from sfmkit.cli.matching import PairsOpt
-from sfmkit.features import extractor_kind
-from sfmkit.geometry import verify as verify_mod
-from sfmkit.pipelines.reconstruct import DEFAULT_VERIFY_FOR_FEATURES, ReconstructConf, reconstruct
-from sfmkit.utils.config import replace
+from sfmkit.pipelines.reconstruct import ReconstructConf, reconstruct
 
 
 @handle_errors
@@ -45,7 +42,9 @@ def reconstruct_cmd(
     max_size: MaxSizeOpt = None,
     weights: WeightsOpt = None,
     pairs: PairsOpt = "exhaustive",
-    best_pairs: Annotated[Optional[int], typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")] = None,
+    best_pairs: Annotated[
+        int | None, typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")
+    ] = None,
     camera_mode: CameraModeOpt = CameraMode("auto"),  # type: ignore[call-arg]
     camera_model: CameraModelOpt = "SIMPLE_RADIAL",
     intrinsics: IntrinsicsOpt = None,
@@ -55,14 +54,12 @@ def reconstruct_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Images to a calibrated sparse model: extract, match, verify, map."""
-    fconf = feature_conf(features.value, max_size, weights)
-    vconf = None
-    if best_pairs is not None:
-        vconf = replace(verify_mod.CONFS[DEFAULT_VERIFY_FOR_FEATURES[extractor_kind(fconf)]], best_pairs=best_pairs)
     conf = ReconstructConf(
-        features=fconf, verify=vconf, pairs=pairs,
+        features=feature_conf(features.value, max_size, weights),
+        pairs=pairs,
+        best_pairs=best_pairs,
         mapping=map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics),
-    )  # fmt: skip
+    )
     result = reconstruct(
         conf, images, output, image_names=read_image_list(image_list), overwrite=overwrite, device=device
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pycolmap
 
 from sfmkit.io.intrinsics import read_intrinsics
+from sfmkit.reconstruction.mapping import largest_model
 from sfmkit.utils.timing import StageTimer
 
 
@@ -53,15 +54,19 @@ def run_colmap_sift(
         options.ba_refine_extra_params = False
     with timer.stage("extract"):
         pycolmap.extract_features(
-            db, image_dir, image_names=list(image_names), camera_mode=getattr(pycolmap.CameraMode, camera_mode.upper().replace("-", "_")),
-            reader_options=reader, device=pycolmap.Device.cpu,
-        )  # fmt: skip
+            db,
+            image_dir,
+            image_names=list(image_names),
+            camera_mode=getattr(pycolmap.CameraMode, camera_mode.upper().replace("-", "_")),
+            reader_options=reader,
+            device=pycolmap.Device.cpu,
+        )
     with timer.stage("match"):
         pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
     pycolmap.set_random_seed(seed)
     with timer.stage("map"):
         models = pycolmap.incremental_mapping(db, image_dir, out_dir / "models", options)
-    best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()), default=None)
+    best = largest_model(models)
     if best is not None:
         best.write(out_dir)
     return ColmapSiftResult(best, timer.as_dict(), out_dir)

@@ -81,9 +81,7 @@ class PoseErrors:
         }
 
 
-def pose_errors(
-    reference: dict[str, Pose], estimate: dict[str, Pose], robust: bool = True
-) -> PoseErrors:
+def pose_errors(reference: dict[str, Pose], estimate: dict[str, Pose], robust: bool = True) -> PoseErrors:
     """Align estimated camera centres to the reference ones and measure the errors."""
     common = sorted(set(reference) & set(estimate))
     missing = sorted(set(reference) - set(estimate))

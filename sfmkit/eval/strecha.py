@@ -51,9 +51,11 @@ def read_camera(path: Path) -> StrechaCamera:
 
 
 def write_camera(path: Path, camera: StrechaCamera) -> None:
-    rows = [
-        " ".join(f"{v:.10g}" for v in camera.K[i]) for i in range(3)
-    ] + ["0 0 0"] + [" ".join(f"{v:.10g}" for v in camera.R_c2w[i]) for i in range(3)]
+    rows = (
+        [" ".join(f"{v:.10g}" for v in camera.K[i]) for i in range(3)]
+        + ["0 0 0"]
+        + [" ".join(f"{v:.10g}" for v in camera.R_c2w[i]) for i in range(3)]
+    )
     rows += [" ".join(f"{v:.10g}" for v in camera.C), f"{camera.size[0]} {camera.size[1]}"]
     Path(path).write_text("\n".join(rows) + "\n")
 

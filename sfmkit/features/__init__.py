@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 
 from sfmkit.errors import ConfigError
@@ -15,7 +13,7 @@ from sfmkit.features.base import Extractor
 from sfmkit.features.dense_vgg import DenseVGGConf, DenseVGGExtractor
 from sfmkit.features.sift import SiftConf, SiftExtractor
 
-FeatureConf = Union[DenseVGGConf, SiftConf]
+FeatureConf = DenseVGGConf | SiftConf
 
 CONFS: dict[str, FeatureConf] = {
     "dense-vgg16": DenseVGGConf(),
@@ -32,28 +30,12 @@ def get_conf(name: str) -> FeatureConf:
         raise ConfigError(f"unknown feature preset {name!r}; choose among {sorted(CONFS)}") from None
 
 
-def is_dense(conf: FeatureConf) -> bool:
-    return isinstance(conf, DenseVGGConf)
-
-
 def make_extractor(conf: FeatureConf, device: torch.device) -> Extractor:
     if isinstance(conf, DenseVGGConf):
         return DenseVGGExtractor(conf, device)
     if isinstance(conf, SiftConf):
         return SiftExtractor(conf)
     raise ConfigError(f"no extractor for {type(conf).__name__}")
-
-
-def conf_from_attrs(attrs: dict) -> FeatureConf:
-    """Rebuild the config stored in a feature file's attributes."""
-    from sfmkit.utils.config import conf_from_dict
-
-    values = dict(attrs["config"])
-    kind = attrs.get("extractor", "dense_vgg")
-    cls = {"dense_vgg": DenseVGGConf, "sift": SiftConf}.get(kind)
-    if cls is None:
-        raise ConfigError(f"unknown extractor kind {kind!r} in feature file")
-    return conf_from_dict(cls, values)
 
 
 def extractor_kind(conf: FeatureConf) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sfmkit.errors import ConfigError
+from sfmkit.errors import ConfigError, ImageReadError
 from sfmkit.features.relocalize import cells_to_pixels, refine_subpixel, relocalize
 from sfmkit.io.images import LoadedImage
 from sfmkit.models.vgg import LAYERS
@@ -70,12 +70,15 @@ class DenseVGGExtractor:
 
     @torch.inference_mode()
     def __call__(self, image: LoadedImage) -> dict[str, np.ndarray]:
-        rgb = torch.from_numpy(image.rgb).to(self.device)
-        x = rgb.permute(2, 0, 1)[None].float()
+        h, w = image.rgb.shape[:2]
+        if min(h, w) < 16:
+            raise ImageReadError(
+                f"{w}x{h} after resizing is too small for dense features (both sides must be "
+                f">= 16 px); its aspect ratio is too extreme for --max-size {self.conf.max_size}"
+            )
+        x = torch.from_numpy(image.rgb).to(self.device).permute(2, 0, 1)[None].float()
         maps = self.net(x, LAYERS)
         fine, coarse = maps[_FINE][0], maps[_COARSE][0]
-        if coarse.shape[-1] == 0 or coarse.shape[-2] == 0:
-            raise ConfigError(f"image too small for dense features at max_size={self.conf.max_size}")
         norms = {name: maps[name][0].norm(dim=0).float().cpu().numpy() for name in _RELOC_LAYERS}
         descriptors, scores = _normalized(fine)
         coarse_desc, _ = _normalized(coarse)

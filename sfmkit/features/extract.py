@@ -12,6 +12,7 @@ from sfmkit.errors import ImageReadError
 from sfmkit.features import CONFS, FeatureConf, extractor_kind, make_extractor
 from sfmkit.io.h5 import ItemWriter, json_attr
 from sfmkit.io.images import DEFAULT_MAX_PIXELS, LoadedImage, list_images, read_image
+from sfmkit.models.weights import sha256_file
 from sfmkit.utils.config import conf_tag, conf_to_json
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.progress import track
@@ -22,6 +23,14 @@ logger = logging.getLogger(__name__)
 def features_path(conf: FeatureConf, out_dir: Path) -> Path:
     """Output file of ``conf``: the preset name, plus a hash if options were changed."""
     return Path(out_dir) / f"features-{conf_tag(conf, CONFS.get(conf.name))}.h5"
+
+
+def weights_identity(conf: FeatureConf) -> dict[str, str]:
+    """A checksum of a user weights file, so features are recomputed when the file changes."""
+    weights = getattr(conf, "weights", "")
+    if Path(weights).suffix in (".pt", ".pth") and Path(weights).is_file():
+        return {"weights_sha256": sha256_file(Path(weights))}
+    return {}
 
 
 def _prefetch(
@@ -73,7 +82,8 @@ def extract(
         "features",
         conf_to_json(conf),
         overwrite=overwrite,
-        extra_attrs={"image_dir": str(images.resolve()), "extractor": extractor_kind(conf)},
+        identity={"image_dir": str(images.resolve()), **weights_identity(conf)},
+        extra_attrs={"extractor": extractor_kind(conf)},
     )
     previous_skips = json_attr(path, "skipped", {}) or {}
     todo = [n for n in listing.names if (n,) not in writer.done]
@@ -88,18 +98,21 @@ def extract(
         with writer:
             stream = _prefetch(images, todo, conf.max_size, max_pixels)
             for name, loaded in track(stream, f"extract {conf.name}", total=len(todo)):
-                if isinstance(loaded, ImageReadError):
-                    logger.warning("skipping %s", loaded)
-                    skipped[name] = str(loaded)
+                try:
+                    if isinstance(loaded, ImageReadError):
+                        raise loaded
+                    record = extractor(loaded)
+                except ImageReadError as exc:
+                    reason = str(exc) if name in str(exc) else f"{name}: {exc}"
+                    logger.warning("skipping %s", reason)
+                    skipped[name] = reason
                     continue
-                writer.write((name,), extractor(loaded))
+                writer.write((name,), record)
                 computed += 1
                 logger.debug("extracted %s", name)
     listed = set(listing.names)
     all_skips = {
-        k: v
-        for k, v in {**previous_skips, **skipped}.items()
-        if (k,) not in writer.done and k in listed
+        k: v for k, v in {**previous_skips, **skipped}.items() if (k,) not in writer.done and k in listed
     }
     writer.set_attrs(
         skipped=all_skips,

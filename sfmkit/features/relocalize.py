@@ -17,8 +17,9 @@ import numpy as np
 def child_offsets(k: int) -> np.ndarray:
     """(k*k, 2) row/column offsets of the children window relative to ``2 * cell``.
 
-    ``k = 2`` gives exactly the 2x2 children; a larger odd/even ``k`` widens the window
-    symmetrically around them (clipped at the image border).
+    ``k = 2`` gives exactly the 2x2 children. A larger ``k`` widens the window by
+    ``(k - 2) // 2`` cells before the children and the rest after them (symmetric for even
+    ``k``); windows are clipped at the image border.
     """
     if k < 2:
         raise ValueError(f"relocalisation window k must be >= 2, got {k}")
@@ -28,14 +29,13 @@ def child_offsets(k: int) -> np.ndarray:
     return np.stack([rows.ravel(), cols.ravel()], axis=1)
 
 
-def relocalize(
-    norms: Sequence[np.ndarray], grid_shape: tuple[int, int], k: int = 2
-) -> np.ndarray:
+def relocalize(norms: Sequence[np.ndarray], grid_shape: tuple[int, int], k: int = 2) -> np.ndarray:
     """Relocalise every cell of a ``grid_shape`` grid through finer norm maps.
 
     Args:
         norms: descriptor-norm maps of the finer levels, coarse to fine, each (h_l, w_l)
-            with ``h_l >= 2 * h_{l-1}`` (e.g. pool2, pool1, conv1_2 below a pool3 grid).
+            with ``h_l >= 2 * h_{l-1}`` (as VGG's floored pooling guarantees; e.g. pool2,
+            pool1, conv1_2 below a pool3 grid).
         grid_shape: (h, w) of the grid being relocalised.
         k: children window size (2 = the cell's own 2x2 children).
 
@@ -47,7 +47,7 @@ def relocalize(
     offsets = child_offsets(k)
     for level, norm in enumerate(norms):
         nh, nw = norm.shape
-        if nh < 2 * (rows.max(initial=0) + 1) - 1 or nw < 2 * (cols.max(initial=0) + 1) - 1:
+        if nh < 2 * (rows.max(initial=0) + 1) or nw < 2 * (cols.max(initial=0) + 1):
             raise ValueError(f"norm map {level} of shape {norm.shape} is too small for its parent grid")
         cand_r = np.clip(2 * rows[:, None] + offsets[None, :, 0], 0, nh - 1)
         cand_c = np.clip(2 * cols[:, None] + offsets[None, :, 1], 0, nw - 1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pycolmap
 
+from sfmkit.errors import ConfigError
 from sfmkit.io.images import LoadedImage
 
 
@@ -29,6 +30,10 @@ class SiftConf:
     peak_threshold: float = 0.02 / 3
     estimate_affine_shape: bool = False
     domain_size_pooling: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_size < 64 or self.max_num_features < 1 or self.peak_threshold <= 0:
+            raise ConfigError("SIFT needs max_size >= 64, max_num_features >= 1 and peak_threshold > 0")
 
 
 class SiftExtractor:

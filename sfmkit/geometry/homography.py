@@ -106,13 +106,6 @@ def _transfer_sq(h: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return err
 
 
-def project(h: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(B, 3, 3) homographies applied to (N, 2) points -> (B, N, 2)."""
-    x = points @ h[:, :, :2].transpose(0, 2, 1) + h[:, None, :, 2]  # (B, N, 3)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return x[..., :2] / x[..., 2:3]
-
-
 def symmetric_errors(h: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
     """(B, N) max of the forward and backward squared transfer errors, in pixels^2
     (inf where a point maps to infinity)."""

@@ -55,8 +55,8 @@ class VerifyConf:
     confidence: float = 0.999
 
     def __post_init__(self) -> None:
-        if self.threshold <= 0 or self.max_homographies < 1 or self.min_inliers < 4:
-            raise ConfigError("need threshold > 0, max_homographies >= 1 and min_inliers >= 4")
+        if self.threshold <= 0 or not 1 <= self.max_homographies <= 127 or self.min_inliers < 4:
+            raise ConfigError("need threshold > 0, 1 <= max_homographies <= 127 and min_inliers >= 4")
         if self.method not in ("multi-homography", "none"):
             raise ConfigError(f"unknown verification method {self.method!r}")
         if self.best_pairs is not None and self.best_pairs < 1:
@@ -103,6 +103,58 @@ def select_best_pairs(counts: dict[Pair, int], n: int) -> set[Pair]:
     return keep
 
 
+def input_features(produced_from: Path, override: Path | None) -> Path:
+    """The feature file a stage file was made from (its ``features`` attribute), or ``override``."""
+    features = (
+        Path(override) if override is not None else Path(read_file_attrs(produced_from).get("features", ""))
+    )
+    if not features.is_file():
+        raise SfmkitError(f"the feature file of {produced_from} ({features}) is missing; pass --features")
+    return features
+
+
+def _verify_pairs(
+    conf: VerifyConf,
+    feats: H5Reader,
+    mreader: H5Reader,
+    todo: list[Pair],
+    writer: ItemWriter,
+    workers: int | None,
+) -> None:
+    """RANSAC on worker threads; reading (h5py) and writing stay in this thread."""
+    kpts: dict[str, np.ndarray] = {}
+
+    def load(pair: Pair) -> tuple[Pair, np.ndarray, np.ndarray, np.ndarray]:
+        for name in pair:
+            if name not in kpts:
+                kpts[name] = feats.array((name,), "keypoints").astype(np.float64)
+        m, _ = get_pair_matches(mreader, pair)
+        return pair, m, kpts[pair[0]][m[:, 0]], kpts[pair[1]][m[:, 1]]
+
+    def solve(job: tuple[Pair, np.ndarray, np.ndarray, np.ndarray]) -> tuple[Pair, np.ndarray, HomographySet]:
+        pair, m, p0, p1 = job
+        if conf.method == "none":
+            return (
+                pair,
+                m,
+                HomographySet(np.arange(len(m)), np.full(len(m), -1, np.int8), np.empty((0, 3, 3))),
+            )
+        return pair, m, multi_homography_ransac(p0, p1, conf.ransac, pair_seed(conf.seed, pair))
+
+    jobs = (load(pair) for pair in todo)
+    with writer:
+        for pair, m, result in track(ordered_map(solve, jobs, workers), "verify", total=len(todo)):
+            writer.write(
+                pair,
+                {
+                    "inliers": m[result.inliers].astype(np.int32).reshape(-1, 2),
+                    "homography_id": result.labels,
+                    "homographies": result.homographies,
+                },
+                {"num_homographies": len(result.homographies), "num_matches": len(m), "selected": True},
+            )
+
+
 def verify(
     conf: VerifyConf,
     matches: Path,
@@ -122,54 +174,27 @@ def verify(
     Returns:
         Path of the verified-matches file.
     """
-    if features is None:
-        features = Path(read_file_attrs(matches).get("features", ""))
-        if not features.is_file():
-            raise SfmkitError(f"the feature file of {matches} ({features}) is missing; pass --features")
+    features = input_features(matches, features)
     path = verified_path(conf, matches, out_dir)
     writer = ItemWriter(
-        path, "verified", conf_to_json(conf), depth=2, overwrite=overwrite, flush_every=64,
-        extra_attrs={"features": str(Path(features).resolve()), "matches": str(Path(matches).resolve())},
-    )  # fmt: skip
+        path,
+        "verified",
+        conf_to_json(conf),
+        depth=2,
+        overwrite=overwrite,
+        flush_every=64,
+        identity={"features": str(features.resolve()), "matches": str(Path(matches).resolve())},
+    )
     start = time.perf_counter()
-    with H5Reader(features) as feats, H5Reader(matches) as mreader:
+    with H5Reader(features, "features") as feats, H5Reader(matches, "matches") as mreader:
         pair_list = read_pairs(pairs, {k[0] for k in feats.items(1)})
-        todo = [p for p in pair_list if p not in writer.done and (p[1], p[0]) not in writer.done]
-        kpts: dict[str, np.ndarray] = {}
-
-        def keypoints(name: str) -> np.ndarray:
-            if name not in kpts:
-                kpts[name] = feats.array((name,), "keypoints").astype(np.float64)
-            return kpts[name]
-
-        def load(pair: Pair) -> tuple[Pair, np.ndarray, np.ndarray, np.ndarray]:
-            m, _ = get_pair_matches(mreader, pair)
-            return pair, m, keypoints(pair[0])[m[:, 0]], keypoints(pair[1])[m[:, 1]]
-
-        def solve(job: tuple[Pair, np.ndarray, np.ndarray, np.ndarray]) -> tuple[Pair, np.ndarray, HomographySet]:
-            pair, m, p0, p1 = job
-            if conf.method == "none":
-                return pair, m, HomographySet(np.arange(len(m)), np.full(len(m), -1, np.int8), np.empty((0, 3, 3)))
-            return pair, m, multi_homography_ransac(p0, p1, conf.ransac, pair_seed(conf.seed, pair))
-
-        # reading stays in this thread (h5py); RANSAC runs on worker threads (NumPy releases the GIL)
-        jobs = (load(pair) for pair in todo)
-        with writer:
-            for pair, m, result in track(ordered_map(solve, jobs, workers), "verify", total=len(todo)):
-                writer.write(
-                    pair,
-                    {
-                        "inliers": m[result.inliers].astype(np.int32).reshape(-1, 2),
-                        "homography_id": result.labels,
-                        "homographies": result.homographies,
-                    },
-                    {"num_homographies": len(result.homographies), "num_matches": len(m), "selected": True},
-                )
+        todo = writer.pending(pair_list)
+        _verify_pairs(conf, feats, mreader, todo, writer, workers)
     counts = inlier_counts(path, pair_list)
     if conf.best_pairs is not None:
         keep = select_best_pairs(counts, conf.best_pairs)
         with H5Reader(path) as reader:
-            stored = {pair: _stored_key(reader, pair)[0] for pair in pair_list}
+            stored = {pair: reader.pair_key(pair)[0] for pair in pair_list}
         writer.set_item_attrs((stored[pair], {"selected": pair in keep}) for pair in pair_list)
         logger.info("best_pairs=%d keeps %d of %d pairs", conf.best_pairs, len(keep), len(pair_list))
     writer.set_attrs(
@@ -184,27 +209,17 @@ def verify(
     return path
 
 
-def _stored_key(reader: H5Reader, pair: Pair) -> tuple[Pair, bool]:
-    """The key ``pair`` is stored under (it may be stored reversed) and whether it is reversed."""
-    if reader.has(pair):
-        return pair, False
-    if reader.has((pair[1], pair[0])):
-        return (pair[1], pair[0]), True
-    raise SfmkitError(f"{reader.path} has no verified matches for {pair}; run verify first")
-
-
 def inlier_counts(path: Path, pairs: list[Pair]) -> dict[Pair, int]:
     """Number of verified inliers per pair."""
     with H5Reader(path) as reader:
         return {
-            pair: int(reader.file[item_path(_stored_key(reader, pair)[0])]["inliers"].shape[0])
-            for pair in pairs
+            pair: int(reader.file[item_path(reader.pair_key(pair)[0])]["inliers"].shape[0]) for pair in pairs
         }
 
 
 def read_verified(reader: H5Reader, pair: Pair) -> np.ndarray | None:
     """(M, 2) verified index pairs in ``pair``'s order, or None if the pair is not selected."""
-    key, flip = _stored_key(reader, pair)
+    key, flip = reader.pair_key(pair)
     if not reader.attrs(key).get("selected", True):
         return None
     inliers = reader.array(key, "inliers").astype(np.int64)

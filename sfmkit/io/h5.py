@@ -65,11 +65,20 @@ def _writable_dir(path: Path) -> None:
 
 def read_file_attrs(path: Path) -> dict[str, Any]:
     """File attributes with ``config`` decoded from JSON."""
-    with h5py.File(path, "r") as f:
+    with _open_readonly(Path(path)) as f:
         attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
     if "config" in attrs:
         attrs["config"] = json.loads(attrs["config"])
     return attrs
+
+
+def _open_readonly(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise SfmkitError(f"{path} does not exist; run the stage that makes it first")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise SfmkitError(f"{path} is not a readable HDF5 file ({exc}); recompute it") from exc
 
 
 def _attr_value(value: Any) -> Any:
@@ -91,7 +100,10 @@ class ItemWriter:
         config_json: canonical JSON of the resolved config.
         depth: 1 when items are images, 2 when they are image pairs.
         overwrite: delete an existing file instead of resuming it.
-        extra_attrs: further file attributes (e.g. the path of the input file).
+        identity: file attributes that, like the config, must match to resume the file (the
+            image folder, the input file, a weights checksum): reusing items computed from
+            other inputs is refused.
+        extra_attrs: further, informational file attributes.
         flush_every: items buffered before they are written.
         flush_seconds: buffered items are also written when this much time has passed.
     """
@@ -104,6 +116,7 @@ class ItemWriter:
         *,
         depth: int = 1,
         overwrite: bool = False,
+        identity: dict[str, str] | None = None,
         extra_attrs: dict[str, Any] | None = None,
         flush_every: int = 1,
         flush_seconds: float = 5.0,
@@ -117,21 +130,24 @@ class ItemWriter:
         _writable_dir(self.path)
         if overwrite and self.path.exists():
             self.path.unlink()
-        self._open_or_create(stage, config_json, extra_attrs or {})
+        self._open_or_create(stage, config_json, identity or {}, extra_attrs or {})
         self.done = self._scan_complete()
 
-    def _open_or_create(self, stage: str, config_json: str, extra: dict[str, Any]) -> None:
+    def _open_or_create(
+        self, stage: str, config_json: str, identity: dict[str, str], extra: dict[str, Any]
+    ) -> None:
         if self.path.exists():
             try:
                 attrs = read_file_attrs(self.path)
-            except OSError as exc:
+            except SfmkitError as exc:
                 aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
                 self.path.rename(aside)
-                logger.warning("%s could not be opened (%s); moved it to %s and starting afresh",
-                               self.path, exc, aside)
+                logger.warning(
+                    "%s could not be opened (%s); moved it to %s and starting afresh", self.path, exc, aside
+                )
                 attrs = None
             if attrs is not None:
-                self._check_compatible(attrs, stage, config_json)
+                self._check_compatible(attrs, stage, config_json, identity)
                 with h5py.File(self.path, "a") as f:
                     for key, value in extra.items():
                         f.attrs[key] = value
@@ -140,10 +156,12 @@ class ItemWriter:
             f.attrs["sfmkit_schema"] = SCHEMA_VERSION
             f.attrs["stage"] = stage
             f.attrs["config"] = config_json
-            for key, value in extra.items():
+            for key, value in {**identity, **extra}.items():
                 f.attrs[key] = value
 
-    def _check_compatible(self, attrs: dict[str, Any], stage: str, config_json: str) -> None:
+    def _check_compatible(
+        self, attrs: dict[str, Any], stage: str, config_json: str, identity: dict[str, str]
+    ) -> None:
         if attrs.get("stage") != stage or attrs.get("sfmkit_schema") != SCHEMA_VERSION:
             raise ConfigError(
                 f"{self.path} is not an sfmkit {stage} file of schema {SCHEMA_VERSION} "
@@ -155,6 +173,12 @@ class ItemWriter:
                 f"{self.path} was made with another configuration ({attrs.get('config')}); "
                 "pass --overwrite to recompute it, or use another output folder"
             )
+        for key, value in identity.items():
+            if attrs.get(key) != value:
+                raise ConfigError(
+                    f"{self.path} was made from another {key.replace('_', ' ')} ({attrs.get(key)}, "
+                    f"now {value}); pass --overwrite to recompute it, or use another output folder"
+                )
 
     def _scan_complete(self) -> set[tuple[str, ...]]:
         """Complete item keys; incomplete items (an interrupted write) are deleted."""
@@ -169,6 +193,10 @@ class ItemWriter:
             logger.info("%s: removed %d incomplete item(s) of an interrupted run", self.path, len(stale))
         return done
 
+    def pending(self, keys: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        """``keys`` not yet written (a pair also counts as written when stored reversed)."""
+        return [k for k in keys if k not in self.done and tuple(reversed(k)) not in self.done]
+
     def write(
         self,
         key: tuple[str, ...],
@@ -177,10 +205,7 @@ class ItemWriter:
     ) -> None:
         """Queue a finished item; it is on disk after the next flush."""
         self._buffer.append((key, datasets, attrs or {}))
-        if (
-            len(self._buffer) >= self.flush_every
-            or time.monotonic() - self._last_flush >= self.flush_seconds
-        ):
+        if len(self._buffer) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -243,13 +268,13 @@ def _walk(f: h5py.File, depth: int) -> list[tuple[tuple[str, ...], h5py.Group]]:
 
 def list_items(path: Path, depth: int) -> list[tuple[str, ...]]:
     """Complete items of a stage file; ``depth`` 1 for images, 2 for pairs."""
-    with h5py.File(path, "r") as f:
+    with _open_readonly(Path(path)) as f:
         return [key for key, group in _walk(f, depth) if group.attrs.get(COMPLETE, False)]
 
 
 def json_attr(path: Path, name: str, default: Any = None) -> Any:
     """A JSON-encoded file attribute (as written by :meth:`ItemWriter.set_attrs`)."""
-    with h5py.File(path, "r") as f:
+    with _open_readonly(Path(path)) as f:
         if name not in f.attrs:
             return default
         value = _attr_value(f.attrs[name])
@@ -264,14 +289,17 @@ class H5Reader:
         ...     kpts = r.array(("a.jpg",), "keypoints")
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stage: str | None = None) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise SfmkitError(f"{self.path} does not exist; run the stage that makes it first")
+        self.stage = stage
         self._file: h5py.File | None = None
 
     def __enter__(self) -> H5Reader:
-        self._file = h5py.File(self.path, "r")
+        self._file = _open_readonly(self.path)
+        found = _attr_value(self._file.attrs.get("stage", ""))
+        if self.stage is not None and found != self.stage:
+            self._file.close()
+            raise SfmkitError(f"{self.path} is not an sfmkit {self.stage} file (stage {found!r})")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -302,3 +330,11 @@ class H5Reader:
 
     def items(self, depth: int) -> list[tuple[str, ...]]:
         return [k for k, g in _walk(self.file, depth) if g.attrs.get(COMPLETE, False)]
+
+    def pair_key(self, pair: tuple[str, str]) -> tuple[tuple[str, str], bool]:
+        """The key ``pair`` is stored under, and whether it is stored reversed."""
+        if self.has(pair):
+            return pair, False
+        if self.has((pair[1], pair[0])):
+            return (pair[1], pair[0]), True
+        raise SfmkitError(f"{self.path} has nothing for the pair {pair}; run the stage that makes it first")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sfmkit.errors import ImageReadError, SfmkitError
 
@@ -102,6 +102,11 @@ def _check_image_list(root: Path, image_list: Sequence[str]) -> ImageListing:
     duplicates = sorted(n for n, c in seen.items() if c > 1)
     if duplicates:
         raise SfmkitError(f"the image list names these images more than once: {duplicates[:10]}")
+    unsafe = [n for n in image_list if Path(n).is_absolute() or ".." in Path(n).parts or n.startswith("./")]
+    if unsafe:
+        raise SfmkitError(
+            f"image list entries must be paths relative to {root}, without '..' or './': {unsafe[:5]}"
+        )
     missing = [n for n in image_list if not (root / n).is_file()]
     if missing:
         raise SfmkitError(f"{len(missing)} listed image(s) not found under {root}: {missing[:5]}")
@@ -136,7 +141,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
                 image = Image.open(path)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on malformed files
         raise ImageReadError(
             f"{path}: not a readable image ({exc.__class__.__name__}: {exc}); remove it or "
             "replace it with a valid JPEG/PNG/TIFF"
@@ -199,9 +204,7 @@ def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
         raise ImageReadError(f"{path}: cannot convert pixel mode {image.mode} to RGB ({exc})") from exc
 
 
-def read_image(
-    path: Path, max_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> LoadedImage:
+def read_image(path: Path, max_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode ``path`` to 8-bit RGB, apply its EXIF orientation and resize it.
 
     Grayscale, palette, CMYK, alpha and 16-bit images are converted to RGB; JPEGs are decoded
@@ -220,9 +223,7 @@ def read_image(
             if image.format == "JPEG" and (out_w, out_h) != size:
                 request = (out_h, out_w) if orientation in _SWAPS_AXES else (out_w, out_h)
                 image.draft("RGB", request)
-            image.load()
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)
+            image.load()  # the first frame of multi-frame files
             rgb = _to_rgb(image, path)
             rgb = _apply_orientation(rgb, orientation)
             if rgb.size != (out_w, out_h):
@@ -230,9 +231,12 @@ def read_image(
             array = np.asarray(rgb, dtype=np.uint8).copy()
         except ImageReadError:
             raise
-        except (OSError, ValueError, SyntaxError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types on malformed data
             raise ImageReadError(
-                f"{path}: the file is truncated or corrupt ({exc}); re-export or remove it"
+                f"{path}: the file is truncated or corrupt ({exc.__class__.__name__}: {exc}); "
+                "re-export or remove it"
             ) from exc
     return LoadedImage(array, size, (size[0] / out_w, size[1] / out_h))
 

@@ -27,7 +27,9 @@ def read_intrinsics(path: Path) -> np.ndarray:
     elif values.size >= 9:
         k = values[:9].reshape(3, 3)
     else:
-        raise SfmkitError(f"{path}: expected a 3x3 matrix (9 numbers) or 'fx fy cx cy', got {values.size} numbers")
+        raise SfmkitError(
+            f"{path}: expected a 3x3 matrix (9 numbers) or 'fx fy cx cy', got {values.size} numbers"
+        )
     if not (k[0, 0] > 0 and k[1, 1] > 0 and np.allclose(k[2], [0, 0, 1])):
         raise SfmkitError(f"{path}: not a calibration matrix (need fx, fy > 0 and last row 0 0 1):\n{k}")
     return k

@@ -67,7 +67,10 @@ def read_pairs(path: Path, known: Iterable[str] | None = None) -> list[Pair]:
         unknown = [p for p in result if p[0] not in names or p[1] not in names]
         if unknown:
             logger.warning(
-                "%s: %d pair(s) name images without features, ignored (first: %s)", path, len(unknown), unknown[0]
+                "%s: %d pair(s) name images without features, ignored (first: %s)",
+                path,
+                len(unknown),
+                unknown[0],
             )
         result = [p for p in result if p[0] in names and p[1] in names]
     if not result:

@@ -107,10 +107,17 @@ def match_pair(conf: MatchConf, d0: dict, d1: dict, dense: bool) -> tuple[np.nda
     """matches0 (N0,) int32 and scores0 (N0,) float16 for one pair of cached descriptors."""
     if dense and conf.coarse_to_fine:
         i0, i1, s = coarse_to_fine(
-            d0["coarse"], d1["coarse"], d0["coarse_shape"], d1["coarse_shape"],
-            d0["fine"], d1["fine"], d0["fine_shape"], d1["fine_shape"],
-            radius=conf.fine_radius, min_similarity=conf.min_similarity,
-        )  # fmt: skip
+            d0["coarse"],
+            d1["coarse"],
+            d0["coarse_shape"],
+            d1["coarse_shape"],
+            d0["fine"],
+            d1["fine"],
+            d0["fine_shape"],
+            d1["fine_shape"],
+            radius=conf.fine_radius,
+            min_similarity=conf.min_similarity,
+        )
     else:
         i0, i1, s = mutual_nn(d0["fine"], d1["fine"], ratio=conf.ratio, min_similarity=conf.min_similarity)
     n0 = d0["fine"].shape[0]
@@ -136,18 +143,27 @@ def match(
         Path of the matches file.
     """
     feat_attrs = read_file_attrs(features)
+    if feat_attrs.get("stage") != "features":
+        raise SfmkitError(f"{features} is not an sfmkit feature file; pass the output of `sfmkit extract`")
     dense = feat_attrs.get("extractor") == "dense_vgg"
     if conf.coarse_to_fine and not dense:
-        raise ConfigError(f"matcher {conf.name!r} is coarse-to-fine and needs dense features; use mnn or mnn-ratio")
+        raise ConfigError(
+            f"matcher {conf.name!r} is coarse-to-fine and needs dense features; use mnn or mnn-ratio"
+        )
     path = matches_path(conf, features, out_dir)
     writer = ItemWriter(
-        path, "matches", conf_to_json(conf), depth=2, overwrite=overwrite,
-        extra_attrs={"features": str(Path(features).resolve())}, flush_every=64,
-    )  # fmt: skip
-    with H5Reader(features) as reader:
+        path,
+        "matches",
+        conf_to_json(conf),
+        depth=2,
+        overwrite=overwrite,
+        identity={"features": str(Path(features).resolve())},
+        flush_every=64,
+    )
+    with H5Reader(features, "features") as reader:
         names = {k[0] for k in reader.items(1)}
         pair_list = read_pairs(pairs, names)
-        todo = [p for p in pair_list if p not in writer.done and (p[1], p[0]) not in writer.done]
+        todo = writer.pending(pair_list)
         torch_device = resolve_device(device)
         cache = _DescriptorCache(reader, dense, torch_device)
         start = time.perf_counter()
@@ -169,13 +185,9 @@ def match(
 def get_pair_matches(reader: H5Reader, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """(M, 2) int index pairs into (keypoints0, keypoints1) and (M,) scores for ``pair``,
     whichever order the pair was stored in."""
-    name0, name1 = pair
-    if reader.has((name0, name1)):
-        m0 = reader.array((name0, name1), "matches0")
-        s0 = reader.array((name0, name1), "matching_scores0")
-        idx = np.flatnonzero(m0 >= 0)
-        return np.stack([idx, m0[idx]], 1).astype(np.int64), s0[idx].astype(np.float32)
-    if reader.has((name1, name0)):
-        m, s = get_pair_matches(reader, (name1, name0))
-        return m[:, ::-1].copy(), s
-    raise SfmkitError(f"{reader.path} has no matches for pair {pair}; run match first")
+    key, flipped = reader.pair_key(pair)
+    m0 = reader.array(key, "matches0")
+    s0 = reader.array(key, "matching_scores0")
+    idx = np.flatnonzero(m0 >= 0)
+    matches = np.stack([idx, m0[idx]], 1).astype(np.int64)
+    return (matches[:, ::-1].copy() if flipped else matches), s0[idx].astype(np.float32)

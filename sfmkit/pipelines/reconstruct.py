@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from sfmkit.features.extract import extract
 from sfmkit.geometry import verify as verify_mod
 from sfmkit.geometry.verify import VerifyConf, verify
 from sfmkit.io.h5 import json_attr, list_items
+from sfmkit.io.images import list_images
 from sfmkit.io.pairs import make_pairs
 from sfmkit.matching import match as match_mod
 from sfmkit.matching.match import MatchConf, match
@@ -29,23 +31,24 @@ DEFAULT_VERIFY_FOR_FEATURES = {"dense_vgg": "multi-homography", "sift": "none"}
 
 @dataclass(frozen=True)
 class ReconstructConf:
-    """The whole job. Matcher and verification default to the feature type's usual ones."""
+    """The whole job. ``matcher`` and ``verify`` default (None) to the feature type's usual
+    ones; ``best_pairs`` then overrides that verification's setting."""
 
     features: FeatureConf = field(default_factory=lambda: get_conf("dense-vgg16"))
     matcher: MatchConf | None = None
     verify: VerifyConf | None = None
     mapping: MapConf = field(default_factory=MapConf)
     pairs: str = "exhaustive"
+    best_pairs: int | None = None
 
-    def resolved(self) -> ReconstructConf:
+    def stage_confs(self) -> tuple[MatchConf, VerifyConf]:
+        """The matcher and verification actually used."""
         kind = extractor_kind(self.features)
-        return ReconstructConf(
-            features=self.features,
-            matcher=self.matcher or match_mod.CONFS[match_mod.DEFAULT_FOR_FEATURES[kind]],
-            verify=self.verify or verify_mod.CONFS[DEFAULT_VERIFY_FOR_FEATURES[kind]],
-            mapping=self.mapping,
-            pairs=self.pairs,
-        )
+        matcher = self.matcher or match_mod.CONFS[match_mod.DEFAULT_FOR_FEATURES[kind]]
+        verification = self.verify or verify_mod.CONFS[DEFAULT_VERIFY_FOR_FEATURES[kind]]
+        if self.best_pairs is not None:
+            verification = dataclasses.replace(verification, best_pairs=self.best_pairs)
+        return matcher, verification
 
 
 @dataclass(frozen=True)
@@ -73,30 +76,33 @@ def reconstruct(
     device: str = "auto",
 ) -> ReconstructResult:
     """Run every stage; each one resumes from what ``out_dir`` already holds."""
-    conf = conf.resolved()
-    assert conf.matcher is not None and conf.verify is not None  # set by resolved()
+    matcher, verification = conf.stage_confs()
     out_dir = Path(out_dir)
     timer = StageTimer()
     counts: dict[str, Any] = {}
     with timer.stage("extract"):
-        feats = extract(conf.features, images, out_dir, image_names=image_names, overwrite=overwrite, device=device)
+        feats = extract(
+            conf.features, images, out_dir, image_names=image_names, overwrite=overwrite, device=device
+        )
     counts["extract"] = json_attr(feats, "last_run")
     counts["skipped_images"] = json_attr(feats, "skipped", {})
     with timer.stage("pairs"):
-        names = [k[0] for k in list_items(feats, 1)]
-        pairs = make_pairs(conf.pairs, sorted(names), out_dir)
+        # the images of this run (a feature file may hold more, from earlier runs)
+        wanted = set(list_images(images, image_names).names)
+        names = sorted(k[0] for k in list_items(feats, 1) if k[0] in wanted)
+        pairs = make_pairs(conf.pairs, names, out_dir)
     with timer.stage("match"):
-        matches = match(conf.matcher, feats, pairs, out_dir, overwrite=overwrite, device=device)
+        matches = match(matcher, feats, pairs, out_dir, overwrite=overwrite, device=device)
     counts["match"] = json_attr(matches, "last_run")
     with timer.stage("verify"):
-        verified = verify(conf.verify, matches, pairs, out_dir, features=feats, overwrite=overwrite)
+        verified = verify(verification, matches, pairs, out_dir, features=feats, overwrite=overwrite)
     counts["verify"] = json_attr(verified, "last_run")
     with timer.stage("map"):
         result = map_images(conf.mapping, images, verified, pairs, out_dir / "sfm", features=feats)
     report = write_report(
         out_dir,
         "reconstruct",
-        config=conf_to_dict(conf),
+        config={**conf_to_dict(conf), "matcher": conf_to_dict(matcher), "verify": conf_to_dict(verification)},
         inputs={"images": str(Path(images).resolve()), "pairs": str(pairs)},
         outputs={"features": feats, "matches": matches, "verified": verified, "model": result.path},
         counts=counts,

@@ -82,7 +82,9 @@ def import_matches(
     counts: dict[str, int] = {}
     try:
         cameras = {name: db.read_camera(db.read_image(iid).camera_id) for name, iid in image_ids.items()}
-        keypoints = {name: db.read_keypoints(iid)[:, :2].astype(np.float64) for name, iid in image_ids.items()}
+        keypoints = {
+            name: db.read_keypoints(iid)[:, :2].astype(np.float64) for name, iid in image_ids.items()
+        }
 
         def estimate(item: tuple[Pair, np.ndarray]) -> tuple[Pair, np.ndarray, pycolmap.TwoViewGeometry]:
             (a, b), m = item
@@ -93,7 +95,9 @@ def import_matches(
             return (a, b), m, geometry
 
         jobs = [(pair, m) for pair, m in matches.items() if len(m)]
-        for (a, b), m, geometry in track(ordered_map(estimate, jobs, workers), "two-view geometry", total=len(jobs)):
+        for (a, b), m, geometry in track(
+            ordered_map(estimate, jobs, workers), "two-view geometry", total=len(jobs)
+        ):
             db.write_matches(image_ids[a], image_ids[b], m)
             db.write_two_view_geometry(image_ids[a], image_ids[b], geometry)
             key = pycolmap.TwoViewGeometryConfiguration(geometry.config).name

@@ -17,8 +17,8 @@ import numpy as np
 import pycolmap
 
 from sfmkit.errors import SfmkitError
-from sfmkit.geometry.verify import read_verified
-from sfmkit.io.h5 import H5Reader, read_file_attrs
+from sfmkit.geometry.verify import input_features, read_verified
+from sfmkit.io.h5 import H5Reader
 from sfmkit.io.images import read_image
 from sfmkit.io.pairs import read_pairs, write_pairs
 from sfmkit.reconstruction.cameras import CameraConf
@@ -26,6 +26,11 @@ from sfmkit.reconstruction.database import create_database, import_matches
 from sfmkit.utils.progress import bar, track
 
 logger = logging.getLogger(__name__)
+
+
+#: Files of a model written by a previous run; removed before writing a new one, so a run that
+#: reconstructs nothing does not leave an old model behind.
+MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin", "model.ply")
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,9 @@ def reconstruction_stats(rec: pycolmap.Reconstruction | None, num_images: int) -
         "mean_track_length": round(rec.compute_mean_track_length(), 3),
         "mean_observations_per_image": round(rec.compute_mean_observations_per_reg_image(), 1),
         "mean_reprojection_error_px": round(rec.compute_mean_reprojection_error(), 4),
-        "cameras": {int(cid): f"{cam.model_name} {cam.params_to_string()}" for cid, cam in rec.cameras.items()},
+        "cameras": {
+            int(cid): f"{cam.model_name} {cam.params_to_string()}" for cid, cam in rec.cameras.items()
+        },
     }
 
 
@@ -133,7 +140,8 @@ def _size(rec: pycolmap.Reconstruction) -> tuple[int, int]:
     return rec.num_reg_images(), rec.num_points3D()
 
 
-def _largest(models: dict[int, pycolmap.Reconstruction]) -> pycolmap.Reconstruction | None:
+def largest_model(models: dict[int, pycolmap.Reconstruction]) -> pycolmap.Reconstruction | None:
+    """The model with most registered images (then most points)."""
     return max(models.values(), key=_size, default=None)
 
 
@@ -177,14 +185,22 @@ def _run_mapper(
         options.mapper.init_min_tri_angle = angle
         attempt_dir = out_dir / ("models" if attempt == 0 else f"models-init{angle:g}")
         found = _incremental_mapping(db_path, image_dir, attempt_dir, options, conf.seed, num_images, angle)
-        candidate = _largest(found)
-        attempts.append({"init_min_tri_angle": angle, "registered": candidate.num_reg_images() if candidate else 0})
+        candidate = largest_model(found)
+        attempts.append(
+            {"init_min_tri_angle": angle, "registered": candidate.num_reg_images() if candidate else 0}
+        )
         if candidate is not None and (best is None or _size(candidate) > _size(best)):
             best, models = candidate, found
         if best is not None and best.num_reg_images() >= conf.retry_below * num_images:
             break
-        logger.info("the largest model registers %d of %d images; retrying with init_min_tri_angle < %g",
-                    0 if best is None else best.num_reg_images(), num_images, angle)
+        if attempt + 1 < len(conf.init_min_tri_angles):
+            logger.info(
+                "the largest model registers %d of %d images; retrying with a smaller initial "
+                "triangulation angle than %g degrees",
+                0 if best is None else best.num_reg_images(),
+                num_images,
+                angle,
+            )
     return best, models, attempts
 
 
@@ -203,11 +219,9 @@ def map_images(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SfmkitError(f"cannot create output folder {out_dir}: {exc.strerror}") from exc
-    features = Path(features or read_file_attrs(verified).get("features", ""))
-    if not features.is_file():
-        raise SfmkitError(f"the feature file of {verified} ({features}) is missing; pass --features")
+    features = input_features(verified, features)
     db_path = out_dir / "database.db"
-    with H5Reader(features) as feats, H5Reader(verified) as ver:
+    with H5Reader(features, "features") as feats, H5Reader(verified, "verified") as ver:
         feature_names = {k[0] for k in feats.items(1)}
         pair_list = read_pairs(pairs, feature_names)
         names = sorted({n for p in pair_list for n in p})
@@ -235,6 +249,8 @@ def map_images(
     configurations = import_matches(db_path, image_ids, matches, two_view)
 
     best, models, attempts = _run_mapper(conf, db_path, image_dir, out_dir, len(names))
+    for stale in MODEL_FILES:
+        (out_dir / stale).unlink(missing_ok=True)
     if best is not None:
         colorize(best, image_dir)
         best.write(out_dir)

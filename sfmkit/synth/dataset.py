@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from sfmkit.eval.strecha import StrechaCamera, write_camera
@@ -41,7 +40,3 @@ def write_dataset(
     k = cameras[0].K
     (out / "images" / "K.txt").write_text("\n".join(" ".join(f"{v:.10g}" for v in row) for row in k) + "\n")
     return names
-
-
-def camera_centers(cameras: Sequence[PinholeCamera]) -> np.ndarray:
-    return np.stack([c.center for c in cameras])

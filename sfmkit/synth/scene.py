@@ -39,7 +39,9 @@ class Scene:
     """Textured rectangles plus a light direction (unit vector towards the light)."""
 
     quads: list[TexturedQuad]
-    light: np.ndarray = field(default_factory=lambda: np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8]))
+    light: np.ndarray = field(
+        default_factory=lambda: np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
+    )
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -99,11 +101,19 @@ def blocks_scene(seed: int = 0, n_boxes: int = 5, texture_size: int = 256) -> Sc
     """A textured ground plane (about 4 x 4 units), a back wall and ``n_boxes`` boxes."""
     rng = np.random.default_rng(seed)
     quads = [
-        TexturedQuad(np.array([-2.0, -2.0, 0.0]), np.array([4.0, 0, 0]), np.array([0, 4.0, 0]),
-                     procedural_texture(rng, 2 * texture_size)),
-        TexturedQuad(np.array([-2.0, 2.0, 0.0]), np.array([4.0, 0, 0]), np.array([0, 0, 1.6]),
-                     procedural_texture(rng, 2 * texture_size)),
-    ]  # fmt: skip
+        TexturedQuad(
+            np.array([-2.0, -2.0, 0.0]),
+            np.array([4.0, 0, 0]),
+            np.array([0, 4.0, 0]),
+            procedural_texture(rng, 2 * texture_size),
+        ),
+        TexturedQuad(
+            np.array([-2.0, 2.0, 0.0]),
+            np.array([4.0, 0, 0]),
+            np.array([0, 0, 1.6]),
+            procedural_texture(rng, 2 * texture_size),
+        ),
+    ]
     placed: list[tuple[float, float, float]] = []
     while len(placed) < n_boxes:
         cx, cy = rng.uniform(-1.4, 1.4, 2)
@@ -130,11 +140,13 @@ class PinholeCamera:
         return -self.R.T @ self.t
 
 
-def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0, 0, 1.0])) -> tuple[np.ndarray, np.ndarray]:
+def look_at(
+    center: np.ndarray, target: np.ndarray, up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+) -> tuple[np.ndarray, np.ndarray]:
     """cam_from_world (R, t) of a camera at ``center`` looking at ``target`` (x right, y down)."""
     z = target - center
     z = z / np.linalg.norm(z)
-    x = np.cross(z, up)
+    x = np.cross(z, np.asarray(up, np.float64))
     x = x / np.linalg.norm(x)
     y = np.cross(z, x)
     r = np.stack([x, y, z])
@@ -147,12 +159,13 @@ def orbit_cameras(
     radius: float = 4.5,
     elevation_deg: float = 35.0,
     arc_deg: float = 80.0,
-    target: np.ndarray = np.array([0.0, 0.3, 0.3]),
+    target: tuple[float, float, float] = (0.0, 0.3, 0.3),
     focal_factor: float = 1.0,
     seed: int = 0,
 ) -> list[PinholeCamera]:
     """``n`` cameras on an arc in front of the scene (facing +y), jittered, looking at ``target``."""
     rng = np.random.default_rng(seed)
+    aim = np.asarray(target, np.float64)
     width, height = size
     f = focal_factor * max(width, height)
     k = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
@@ -161,7 +174,7 @@ def orbit_cameras(
         a = np.radians(azimuth + rng.uniform(-2, 2))
         e = np.radians(elevation_deg + rng.uniform(-5, 5) + (4 if i % 2 else -4))
         rr = radius * rng.uniform(0.92, 1.08)
-        center = target + rr * np.array([np.sin(a) * np.cos(e), -np.cos(a) * np.cos(e), np.sin(e)])
-        r, t = look_at(center, target + rng.normal(0, 0.08, 3))
+        center = aim + rr * np.array([np.sin(a) * np.cos(e), -np.cos(a) * np.cos(e), np.sin(e)])
+        r, t = look_at(center, aim + rng.normal(0, 0.08, 3))
         cams.append(PinholeCamera(k, r, t, width, height))
     return cams

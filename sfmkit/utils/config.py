@@ -27,17 +27,6 @@ def conf_to_json(conf: Any) -> str:
     return json.dumps(conf_to_dict(conf), sort_keys=True)
 
 
-def conf_from_dict(cls: type[T], values: dict[str, Any]) -> T:
-    """Build ``cls`` from ``values``; an unknown key is an error, not silently ignored."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {unknown} for {cls.__name__}; valid options: {sorted(names)}"
-        )
-    return cls(**values)
-
-
 def replace(conf: T, **changes: Any) -> T:
     """``dataclasses.replace`` that drops ``None`` values (an option the user left unset)."""
     changes = {k: v for k, v in changes.items() if v is not None}
@@ -50,7 +39,7 @@ def replace(conf: T, **changes: Any) -> T:
 
 def conf_tag(conf: Any, preset: Any | None) -> str:
     """File-name tag: the preset's name, plus a hash when ``conf`` differs from the preset."""
-    name = getattr(conf, "name")
+    name = conf.name
     if preset is not None and conf_to_json(conf) == conf_to_json(preset):
         return name
     digest = hashlib.sha1(conf_to_json(conf).encode()).hexdigest()[:8]

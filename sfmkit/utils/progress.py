@@ -37,7 +37,6 @@ def _progress() -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
         console=Console(stderr=True),
         transient=False,
     )
@@ -51,7 +50,7 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     with _progress() as progress:
-        task = progress.add_task(description, total=total, status="")
+        task = progress.add_task(description, total=total)
         for item in items:
             yield item
             progress.advance(task)
@@ -63,10 +62,9 @@ class Bar:
     def __init__(self, progress: Progress | None, task: int | None) -> None:
         self._progress, self._task = progress, task
 
-    def advance(self, n: int = 1, status: str | None = None) -> None:
+    def advance(self, n: int = 1) -> None:
         if self._progress is not None and self._task is not None:
-            fields = {} if status is None else {"status": status}
-            self._progress.update(self._task, advance=n, **fields)
+            self._progress.update(self._task, advance=n)
 
 
 @contextmanager
@@ -76,4 +74,4 @@ def bar(description: str, total: int | None) -> Iterator[Bar]:
         yield Bar(None, None)
         return
     with _progress() as progress:
-        yield Bar(progress, progress.add_task(description, total=total, status=""))
+        yield Bar(progress, progress.add_task(description, total=total))
