@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -16,6 +17,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from sfmkit.errors import SfmkitError
+from sfmkit.utils.config import conf_to_dict
+from sfmkit.utils.report import write_report
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -90,6 +93,29 @@ def summary_table(title: str, rows: Iterable[tuple[str, Any]]) -> None:
     for key, value in rows:
         table.add_row(key, _fmt(value))
     console.print(table)
+
+
+def finish(
+    out_dir: Path,
+    command: str,
+    conf: Any,
+    output: Path,
+    seconds: float,
+    counts: dict[str, Any],
+    rows: list[tuple[str, Any]],
+    **extra: Any,
+) -> None:
+    """End a stage command: its section of ``report.json`` and its summary table."""
+    write_report(
+        out_dir,
+        command,
+        config=conf_to_dict(conf),
+        output=output,
+        counts=counts,
+        timings={command: round(seconds, 3)},
+        **extra,
+    )
+    summary_table(command, [("output", output), *rows, ("time", f"{seconds:.1f} s")])
 
 
 def _fmt(value: Any) -> str:

@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 
-from sfmkit.cli.common import choices, console, handle_errors, summary_table
-from sfmkit.features import CONFS, get_conf
+from sfmkit.cli.common import choices, console, finish, handle_errors
+from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.features import CONFS, FeatureConf, get_conf
 from sfmkit.features.dense_vgg import DenseVGGConf
 from sfmkit.features.extract import extract
 from sfmkit.io.h5 import json_attr, list_items
 from sfmkit.io.images import DEFAULT_MAX_PIXELS
-from sfmkit.utils.config import conf_to_dict, replace
-from sfmkit.utils.report import write_report
+from sfmkit.utils.config import replace
 
 FeaturePreset = choices("FeaturePreset", CONFS)
 
@@ -39,12 +39,10 @@ ImageListOpt = Annotated[
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
 
 
-def feature_conf(preset: str, max_size: int | None, weights: str | None):  # noqa: ANN201
+def feature_conf(preset: str, max_size: int | None, weights: str | None) -> FeatureConf:
     """The preset with the user's overrides (weights apply to dense VGG16 only)."""
     conf = get_conf(preset)
     if weights is not None and not isinstance(conf, DenseVGGConf):
-        from sfmkit.errors import ConfigError
-
         raise ConfigError(f"--weights applies to dense VGG16 features, not {preset}")
     return replace(conf, max_size=max_size, weights=weights)
 
@@ -52,8 +50,6 @@ def feature_conf(preset: str, max_size: int | None, weights: str | None):  # noq
 def read_image_list(path: Path | None) -> list[str] | None:
     if path is None:
         return None
-    from sfmkit.errors import SfmkitError
-
     if not path.is_file():
         raise SfmkitError(f"image list {path} does not exist")
     return [
@@ -88,23 +84,12 @@ def extract_cmd(
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")
     skipped = json_attr(path, "skipped", {})
-    write_report(
-        output,
-        "extract",
-        config=conf_to_dict(conf),
-        output=path,
-        counts={**run, "images_with_features": len(list_items(path, 1)), "skipped_images": skipped},
-        timings={"extract": round(seconds, 3)},
-    )
-    summary_table(
-        "extract",
-        [
-            ("features", path),
-            ("images computed / reused", f"{run['computed']} / {run['reused']}"),
-            ("images skipped", len(skipped)),
-            ("time", f"{seconds:.1f} s"),
-        ],
-    )
+    counts = {**run, "images_with_features": len(list_items(path, 1)), "skipped_images": skipped}
+    rows = [
+        ("images computed / reused", f"{run['computed']} / {run['reused']}"),
+        ("images skipped", len(skipped)),
+    ]
+    finish(output, "extract", conf, path, seconds, counts, rows)
     for name, reason in skipped.items():
         console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False, soft_wrap=True)
 

@@ -8,15 +8,14 @@ from typing import Annotated
 
 import typer
 
-from sfmkit.cli.common import choices, handle_errors, summary_table
+from sfmkit.cli.common import choices, finish, handle_errors
 from sfmkit.cli.features import DeviceOpt, OverwriteOpt
 from sfmkit.errors import SfmkitError
 from sfmkit.geometry import verify as verify_mod
 from sfmkit.io.h5 import json_attr, list_items, read_file_attrs
 from sfmkit.io.pairs import make_pairs
 from sfmkit.matching import match as match_mod
-from sfmkit.utils.config import conf_to_dict, replace
-from sfmkit.utils.report import write_report
+from sfmkit.utils.config import replace
 
 MatcherPreset = choices("MatcherPreset", match_mod.CONFS)
 VerifyPreset = choices("VerifyPreset", verify_mod.CONFS)
@@ -58,24 +57,8 @@ def match_cmd(
     path = match_mod.match(conf, features, pairs_path, out, overwrite=overwrite, device=device)
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")
-    write_report(
-        out,
-        "match",
-        config=conf_to_dict(conf),
-        output=path,
-        pairs=pairs_path,
-        counts=run,
-        timings={"match": round(seconds, 3)},
-    )
-    summary_table(
-        "match",
-        [
-            ("matches", path),
-            ("pairs file", pairs_path),
-            ("pairs computed / reused", f"{run['computed']} / {run['reused']}"),
-            ("time", f"{seconds:.1f} s"),
-        ],
-    )
+    rows = [("pairs file", pairs_path), ("pairs computed / reused", f"{run['computed']} / {run['reused']}")]
+    finish(out, "match", conf, path, seconds, run, rows, pairs=pairs_path)
 
 
 @handle_errors
@@ -118,22 +101,8 @@ def verify_cmd(
     path = verify_mod.verify(conf, matches, pairs, out, features=features, overwrite=overwrite)
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")
-    write_report(
-        out,
-        "verify",
-        config=conf_to_dict(conf),
-        output=path,
-        counts=run,
-        timings={"verify": round(seconds, 3)},
-    )
-    summary_table(
-        "verify",
-        [
-            ("verified", path),
-            ("pairs with inliers", f"{run['pairs_with_inliers']} / {run['pairs']}"),
-            ("time", f"{seconds:.1f} s"),
-        ],
-    )
+    rows = [("pairs with inliers", f"{run['pairs_with_inliers']} / {run['pairs']}")]
+    finish(out, "verify", conf, path, seconds, run, rows)
 
 
 def register(app: typer.Typer) -> None:
