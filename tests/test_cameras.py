@@ -53,3 +53,22 @@ def test_intrinsics_files(tmp_path):
         read_intrinsics(p)
     with pytest.raises(SfmkitError, match="does not exist"):
         read_intrinsics(tmp_path / "none.txt")
+
+
+def test_exif_focal_length_and_camera_are_read(tmp_path):
+    from PIL import Image
+
+    from sfmkit.reconstruction.cameras import describe_image
+
+    image = Image.new("RGB", (400, 300), (120, 80, 40))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS 5D"
+    exif.get_ifd(0x8769)[0xA405] = 50  # 35 mm equivalent focal length
+    image.save(tmp_path / "a.jpg", exif=exif)
+    image.save(tmp_path / "plain.jpg")
+    info = describe_image(tmp_path / "a.jpg", (400, 300))
+    assert info.exif_camera == "Canon Canon EOS 5D"
+    assert info.focal == pytest.approx(400 * 50 / 36, rel=0.1)  # a 50 mm lens on 36 mm film
+    # the same file seen rotated by EXIF (300 x 400): focal in pixels of the longer side is kept
+    assert describe_image(tmp_path / "a.jpg", (300, 400)).focal == pytest.approx(info.focal)
+    assert describe_image(tmp_path / "plain.jpg", (400, 300)).focal is None
