@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from sfmkit.eval.colmap_sift import run_colmap_sift
+from sfmkit.eval.methods import colmap_sift_runner, sfmkit_runner
 from sfmkit.eval.poses import mean_relative_rotation_error, model_poses
 from sfmkit.features import get_conf
 from sfmkit.io.images import list_images
-from sfmkit.pipelines.reconstruct import ReconstructConf, reconstruct
+from sfmkit.pipelines.reconstruct import ReconstructConf
 from sfmkit.reconstruction.mapping import reconstruction_stats
 
 
@@ -46,18 +46,18 @@ def main() -> None:
     pycolmap.logging.minloglevel = 2
     out = args.output / args.images.parent.name
     names = list_images(args.images).names
-
-    start = time.perf_counter()
-    colmap = run_colmap_sift(args.images, names, out / "colmap_sift")
-    runs = {"COLMAP sift (pycolmap)": (colmap.reconstruction, colmap.timings, time.perf_counter() - start)}
-    for label, preset in (("sfmkit dense-vgg16", "dense-vgg16"), ("sfmkit sift", "sift")):
+    runners = {
+        "COLMAP sift (pycolmap)": colmap_sift_runner("auto"),
+        "sfmkit dense-vgg16": sfmkit_runner(ReconstructConf(features=get_conf("dense-vgg16"))),
+        "sfmkit sift": sfmkit_runner(ReconstructConf(features=get_conf("sift"))),
+    }
+    runs = {}
+    for label, run in runners.items():
         start = time.perf_counter()
-        result = reconstruct(
-            ReconstructConf(features=get_conf(preset)), args.images, out / preset, overwrite=True
-        )
-        runs[label] = (result.mapping.reconstruction, result.timings, time.perf_counter() - start)
+        result = run(args.images, None, out / label.split(" (")[0].replace(" ", "_"), None)
+        runs[label] = (result.reconstruction, result.timings, time.perf_counter() - start)
 
-    reference = colmap.reconstruction
+    reference = runs["COLMAP sift (pycolmap)"][0]
     rows = []
     for label, (rec, timings, wall) in runs.items():
         stats = reconstruction_stats(rec, len(names))

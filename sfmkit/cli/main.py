@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from sfmkit import __version__
+from sfmkit.cli import evaluate as evaluate_cli
 from sfmkit.cli import features as features_cli
 from sfmkit.cli import mapping as mapping_cli
 from sfmkit.cli import matching as matching_cli
@@ -48,6 +49,7 @@ features_cli.register(app)
 matching_cli.register(app)
 mapping_cli.register(app)
 reconstruct_cli.register(app)
+evaluate_cli.register(app)
 
 
 def main() -> None:

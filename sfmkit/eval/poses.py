@@ -7,11 +7,14 @@ Poses are ``cam_from_world`` (x_cam = R x_world + t) everywhere; camera centres 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pycolmap
+from scipy.spatial.transform import Rotation
 
+from sfmkit.errors import SfmkitError
 from sfmkit.geometry.sim3 import Sim3, robust_umeyama, umeyama
 
 
@@ -81,25 +84,43 @@ class PoseErrors:
         }
 
 
-def pose_errors(reference: dict[str, Pose], estimate: dict[str, Pose], robust: bool = True) -> PoseErrors:
-    """Align estimated camera centres to the reference ones and measure the errors."""
+def pose_errors(
+    reference: dict[str, Pose],
+    estimate: dict[str, Pose],
+    robust: bool = True,
+    align_on: set[str] | None = None,
+) -> PoseErrors:
+    """Align estimated camera centres to the reference ones and measure the errors.
+
+    Args:
+        robust: RANSAC over minimal sets, then least squares on the inliers (a few wrong
+            cameras do not drag the alignment); otherwise plain least squares.
+        align_on: only these images define the alignment (e.g. the day images of an
+            Aachen-style subset); errors are still reported for every registered image.
+
+    Raises:
+        ValueError: fewer than 3 registered images to align on.
+    """
     common = sorted(set(reference) & set(estimate))
     missing = sorted(set(reference) - set(estimate))
-    if len(common) < 3:
-        raise ValueError(f"need at least 3 registered reference images to align, got {len(common)}")
-    src = np.stack([estimate[n].center for n in common])
-    dst = np.stack([reference[n].center for n in common])
+    anchors = [n for n in common if align_on is None or n in align_on]
+    if len(anchors) < 3:
+        raise ValueError(f"need at least 3 registered reference images to align, got {len(anchors)}")
+    src_a = np.stack([estimate[n].center for n in anchors])
+    dst_a = np.stack([reference[n].center for n in anchors])
     if robust:
-        sim, mask = robust_umeyama(src, dst)
+        sim, mask = robust_umeyama(src_a, dst_a)
     else:
-        sim, mask = umeyama(src, dst), np.ones(len(common), bool)
-    aligned = sim.apply(src)
-    position = {n: float(np.linalg.norm(a - d)) for n, a, d in zip(common, aligned, dst, strict=True)}
+        sim, mask = umeyama(src_a, dst_a), np.ones(len(anchors), bool)
+    aligned = sim.apply(np.stack([estimate[n].center for n in common]))
+    position = {
+        n: float(np.linalg.norm(a - reference[n].center)) for n, a in zip(common, aligned, strict=True)
+    }
     # world_est -> world_ref is x_ref = s R x_est + t, so R_cam_from_ref = R_cam_from_est @ R^T
     rotation = {
         n: rotation_error_deg(reference[n].rotation, estimate[n].rotation @ sim.rotation.T) for n in common
     }
-    inliers = [n for n, m in zip(common, mask, strict=True) if m]
+    inliers = [n for n, m in zip(anchors, mask, strict=True) if m]
     return PoseErrors(position, rotation, missing, sim, inliers)
 
 
@@ -113,3 +134,41 @@ def mean_relative_rotation_error(ref: dict[str, Pose], est: dict[str, Pose]) -> 
         for b in names[i + 1 :]
     ]
     return float(np.mean(errors)) if errors else float("nan")
+
+
+def write_pose_file(path: Path, poses: dict[str, Pose]) -> None:
+    """``name qw qx qy qz tx ty tz`` per line (cam_from_world, Hamilton quaternion)."""
+    lines = []
+    for name, pose in sorted(poses.items()):
+        x, y, z, w = Rotation.from_matrix(pose.rotation).as_quat()
+        values = " ".join(f"{v:.12g}" for v in (w, x, y, z, *pose.translation))
+        lines.append(f"{name} {values}")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_pose_file(path: Path) -> dict[str, Pose]:
+    """Read ``name qw qx qy qz tx ty tz`` lines (cam_from_world); the name may contain spaces."""
+    poses: dict[str, Pose] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.rsplit(maxsplit=7)
+        try:
+            w, x, y, z, tx, ty, tz = (float(v) for v in fields[1:])
+        except ValueError as exc:
+            raise SfmkitError(f"{path}:{number}: expected 'name qw qx qy qz tx ty tz'") from exc
+        if len(fields) != 8:
+            raise SfmkitError(f"{path}:{number}: expected 'name qw qx qy qz tx ty tz'")
+        rotation = Rotation.from_quat([x, y, z, w]).as_matrix()
+        poses[fields[0]] = Pose(rotation, np.array([tx, ty, tz]))
+    return poses
+
+
+def read_reference(path: Path) -> dict[str, Pose]:
+    """Reference poses from a pose file or a COLMAP model folder."""
+    path = Path(path)
+    if path.is_dir():
+        return model_poses(pycolmap.Reconstruction(path))
+    if path.is_file():
+        return read_pose_file(path)
+    raise SfmkitError(f"no reference poses at {path} (a poses.txt file or a COLMAP model folder)")

@@ -1,0 +1,108 @@
+"""``make-night``: Aachen-style day/night subsets from a dataset with ground-truth cameras.
+
+For every image of a Strecha-layout dataset, one subset in which that image is a night query
+(see :mod:`sfmkit.eval.night`) and all others stay day images. Output layout::
+
+    OUT/_images/day/<name>           every image, resized to --max-size (JPEG q95)
+    OUT/_images/night/<name>         its night version (JPEG at the strength's quality)
+    OUT/<stem>/images/<name>         -> ../../_images/day/<name> for the other images
+    OUT/<stem>/images/night_<name>   -> ../../_images/night/<name>
+    OUT/<stem>/night.txt             the night query names
+    OUT/<stem>/poses.txt             reference poses: name qw qx qy qz tx ty tz (cam_from_world)
+    OUT/<stem>/K.txt                 the intrinsics at the written size
+    OUT/make_night.json              source, seed, strength and every effect's value
+
+Subset images are symbolic links (copies where links are not possible), so all subsets share
+the day images and sfmkit's evaluation extracts each image once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sfmkit.errors import SfmkitError
+from sfmkit.eval.night import nightify, params_dict
+from sfmkit.eval.poses import write_pose_file
+from sfmkit.eval.strecha import read_scene
+from sfmkit.io.images import list_images, read_image
+from sfmkit.utils.progress import track
+
+logger = logging.getLogger(__name__)
+
+NIGHT_PREFIX = "night_"
+PROXY_NOTE = (
+    "A proxy for the Aachen Day-Night protocol made by sfmkit make-night: night images are "
+    "simulated with 2D image processing. This is not Aachen Day-Night."
+)
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    try:
+        os.symlink(os.path.relpath(target, link.parent), link)
+    except OSError:
+        shutil.copy2(target, link)
+
+
+def make_night(
+    dataset: Path, out_dir: Path, *, seed: int = 0, strength: float = 1.0, max_size: int | None = 1024
+) -> list[Path]:
+    """Write one subset per image of ``dataset``; returns the subset folders."""
+    dataset, out_dir = Path(dataset), Path(out_dir)
+    cameras = read_scene(dataset)
+    names = [n for n in list_images(dataset / "images").names if n in cameras]
+    if len(names) < 4:
+        raise SfmkitError(f"{dataset} has {len(names)} images with ground-truth cameras; need at least 4")
+    pool = out_dir / "_images"
+    for kind in ("day", "night"):
+        (pool / kind).mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, tuple[float, float]] = {}
+    for name in track(names, f"night images (strength {strength:g})"):
+        loaded = read_image(dataset / "images" / name, max_size)
+        sizes[name] = loaded.scale
+        day, night = pool / "day" / name, pool / "night" / name
+        day.parent.mkdir(parents=True, exist_ok=True)
+        night.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(loaded.rgb).save(day.with_suffix(".jpg"), quality=95)
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        quality = params_dict(strength)["jpeg_quality"]
+        Image.fromarray(nightify(loaded.rgb, strength, rng)).save(night.with_suffix(".jpg"), quality=quality)
+    subsets = []
+    for query in names:
+        subset = out_dir / Path(query).stem
+        if (subset / "images").exists():
+            shutil.rmtree(subset / "images")
+        poses = {}
+        for name in names:
+            jpg = Path(name).with_suffix(".jpg").as_posix()
+            local = f"{NIGHT_PREFIX}{jpg}" if name == query else jpg
+            _link(pool / ("night" if name == query else "day") / jpg, subset / "images" / local)
+            poses[local] = cameras[name].pose
+        (subset / "night.txt").write_text(f"{NIGHT_PREFIX}{Path(query).with_suffix('.jpg').as_posix()}\n")
+        write_pose_file(subset / "poses.txt", poses)
+        sx, sy = sizes[query]
+        k = cameras[query].K.copy()
+        k[0] /= sx
+        k[1] /= sy
+        (subset / "K.txt").write_text("\n".join(" ".join(f"{v:.10g}" for v in row) for row in k) + "\n")
+        subsets.append(subset)
+    info = {
+        "note": PROXY_NOTE,
+        "source": str(dataset.resolve()),
+        "seed": seed,
+        "max_size": max_size,
+        "night": params_dict(strength),
+        "subsets": [s.name for s in subsets],
+    }
+    (out_dir / "make_night.json").write_text(json.dumps(info, indent=2) + "\n")
+    return subsets
