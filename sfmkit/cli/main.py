@@ -9,9 +9,11 @@ import typer
 from sfmkit import __version__
 from sfmkit.cli import evaluate as evaluate_cli
 from sfmkit.cli import features as features_cli
+from sfmkit.cli import labels as labels_cli
 from sfmkit.cli import mapping as mapping_cli
 from sfmkit.cli import matching as matching_cli
 from sfmkit.cli import reconstruct as reconstruct_cli
+from sfmkit.cli import synth as synth_cli
 from sfmkit.cli.common import is_tty, setup_logging
 from sfmkit.utils import progress
 
@@ -50,6 +52,8 @@ matching_cli.register(app)
 mapping_cli.register(app)
 reconstruct_cli.register(app)
 evaluate_cli.register(app)
+synth_cli.register(app)
+labels_cli.register(app)
 
 
 def main() -> None:
