@@ -84,3 +84,27 @@ def test_stage_commands_chain_like_reconstruct(rendered_scene, tmp_path):
     assert cam.model_name == "PINHOLE" and abs(cam.params[0] - 480.0) < 1e-6  # fixed known K
     report = json.loads((out / "report.json").read_text())
     assert {"extract", "match", "verify"} <= set(report)
+
+
+def test_reconstruct_with_retrieval_pairs(rendered_scene, tmp_path):
+    """--pairs retrieval:K matches only each image's K nearest images and still registers all."""
+    scene_dir, _ = rendered_scene
+    out = tmp_path / "out"
+    args = [
+        "--no-progress",
+        "reconstruct",
+        str(scene_dir / "images"),
+        "-o",
+        str(out),
+        "--pairs",
+        "retrieval:3",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pairs = (out / "pairs-retrieval-prmac-k3.txt").read_text().split("\n")
+    assert 12 <= len([p for p in pairs if p]) < 28  # 8 images x 3 neighbours, each pair once; exhaustive: 28
+    section = json.loads((out / "report.json").read_text())["reconstruct"]
+    assert section["reconstruction"]["registered"] == 8
+    assert "retrieve" in section["timings"] and section["counts"]["retrieve"]["pairs"] < 28
+    bad = runner.invoke(app, [*args[:-1], "retrieval:x"])
+    assert bad.exit_code == 2 and "retrieval:K" in bad.output

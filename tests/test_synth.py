@@ -100,7 +100,7 @@ def test_synth_cli_day_and_night(tmp_path):
             "--scene",
             "orbit",
             "-n",
-            "3",
+            "4",
             "--size",
             "96x72",
             "--lighting",
@@ -111,7 +111,7 @@ def test_synth_cli_day_and_night(tmp_path):
     assert r.exit_code == 0, r.output
     day = sorted(p.name for p in (out / "images").glob("*.jpg"))
     night = sorted(p.name for p in (out / "images_night").glob("*.jpg"))
-    assert day == night == ["0000.jpg", "0001.jpg", "0002.jpg"]
+    assert day == night == ["0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg"]
     from PIL import Image
 
     d = np.asarray(Image.open(out / "images" / "0000.jpg"), np.float64)
@@ -119,7 +119,7 @@ def test_synth_cli_day_and_night(tmp_path):
     assert n.mean() < 0.8 * d.mean()  # darker
     assert n[..., 0].mean() > n[..., 2].mean()  # sodium cast
     report = json.loads((out / "report.json").read_text())
-    assert report["synth"]["counts"]["renders"] == 6
+    assert report["synth"]["counts"]["renders"] == 8
     # EXIF focal length read by COLMAP matches the true one within the 35 mm rounding.
     camera = pycolmap.infer_camera_from_image(out / "images" / "0000.jpg")
     truth = read_scene(out)["0000.jpg"].K[0, 0]
@@ -128,6 +128,32 @@ def test_synth_cli_day_and_night(tmp_path):
 
     with h5py.File(out / "depth.h5") as f:
         assert f["0000.jpg"].shape == (72, 96)
+
+    # the relit renders as night queries of the Aachen-style proxy
+    subsets = tmp_path / "subsets"
+    r = runner.invoke(
+        app,
+        [
+            "--no-progress",
+            "make-night",
+            str(out),
+            "-o",
+            str(subsets),
+            "--night-images",
+            str(out / "images_night"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    query = subsets / "0002" / "images" / "night_0002.jpg"
+    relit = np.asarray(Image.open(query), np.float64)
+    d, n = (np.asarray(Image.open(out / f / "0002.jpg"), np.float64) for f in ("images", "images_night"))
+    assert np.abs(relit - n).mean() < 0.2 * np.abs(relit - d).mean()  # the render, not a filtered day image
+    assert "renders" in json.loads((subsets / "make_night.json").read_text())["note"]
+    r = runner.invoke(
+        app,
+        ["--no-progress", "make-night", str(out), "-o", str(tmp_path / "x"), "--night-images", str(tmp_path)],
+    )
+    assert r.exit_code != 0 and "lacks the night version" in r.output
 
 
 def test_synth_refuses_unwritable_output(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -128,3 +129,25 @@ def timings_rows(timings: dict[str, float]) -> list[tuple[str, str]]:
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The running command as a shell line rebuilt from its parsed parameters (every option
+    spelled out, so the line reproduces the run even when defaults change)."""
+    words: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or param.name is None:
+            continue
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if param.param_type_name == "argument":
+            words += [str(v) for v in values]
+            continue
+        flag = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            if value:
+                words.append(flag)
+            continue
+        for v in values:
+            words += [flag, str(getattr(v, "value", v))]
+    return " ".join([ctx.command_path, *(shlex.quote(w) for w in words)])

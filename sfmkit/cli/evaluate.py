@@ -56,7 +56,7 @@ def strecha_cmd(
 ) -> None:
     """Camera position and rotation errors on Strecha scenes after a robust similarity alignment."""
     conf = ReconstructConf(features=feature_conf(features.value, max_size, None))
-    runners = default_runners(_methods(method.value), conf, camera_mode="single")
+    runners = default_runners(_methods(method.value), conf, camera_mode="from-scene")
     start = time.perf_counter()
     path = evaluate_strecha(scenes, output, runners, intrinsics=intrinsics, model=model)
     console.print((output / "results.md").read_text(), highlight=False, soft_wrap=True)
@@ -105,12 +105,29 @@ def make_night_cmd(
         float, typer.Option("--strength", help="0 = dim evening, 1 = dark street; larger is harder.")
     ] = 1.0,
     max_size: Annotated[int, typer.Option("--max-size", help="Longer side of the written images.")] = 1024,
+    night_images: Annotated[
+        Path | None,
+        typer.Option(
+            "--night-images",
+            help="Relit night photos of the same cameras, same names (e.g. images_night/ from "
+            "'sfmkit synth --lighting both'); replaces the 2D simulation.",
+        ),
+    ] = None,
 ) -> None:
     """Aachen-style day/night subsets (a PROXY for Aachen Day-Night, not Aachen): one subset per
     image, in which that image becomes a simulated night photo."""
     start = time.perf_counter()
-    folders = make_night(dataset, output, seed=seed, strength=strength, max_size=max_size)
-    write_report(output, "make-night", subsets=[f.name for f in folders], strength=strength, seed=seed)
+    folders = make_night(
+        dataset, output, seed=seed, strength=strength, max_size=max_size, night_images=night_images
+    )
+    write_report(
+        output,
+        "make-night",
+        subsets=[f.name for f in folders],
+        strength=strength,
+        seed=seed,
+        night_images=None if night_images is None else str(night_images),
+    )
     summary_table(
         "make-night (a proxy for Aachen Day-Night, not Aachen)",
         [("subsets", len(folders)), ("folder", output), ("time", f"{time.perf_counter() - start:.1f} s")],

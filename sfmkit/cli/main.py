@@ -13,7 +13,9 @@ from sfmkit.cli import labels as labels_cli
 from sfmkit.cli import mapping as mapping_cli
 from sfmkit.cli import matching as matching_cli
 from sfmkit.cli import reconstruct as reconstruct_cli
+from sfmkit.cli import retrieval as retrieval_cli
 from sfmkit.cli import synth as synth_cli
+from sfmkit.cli import train as train_cli
 from sfmkit.cli.common import is_tty, setup_logging
 from sfmkit.utils import progress
 
@@ -54,6 +56,8 @@ reconstruct_cli.register(app)
 evaluate_cli.register(app)
 synth_cli.register(app)
 labels_cli.register(app)
+retrieval_cli.register(app)
+train_cli.register(app, evaluate_cli.evaluate_app)
 
 
 def main() -> None:

@@ -21,6 +21,14 @@ MatcherPreset = choices("MatcherPreset", match_mod.CONFS)
 VerifyPreset = choices("VerifyPreset", verify_mod.CONFS)
 
 PairsOpt = Annotated[str, typer.Option("--pairs", help="exhaustive, sequential:N, or a pairs file.")]
+ReconstructPairsOpt = Annotated[
+    str,
+    typer.Option(
+        "--pairs",
+        help="exhaustive, sequential:N, retrieval:K (each image with its K nearest by global "
+        "descriptor; see 'sfmkit retrieve'), or a pairs file.",
+    ),
+]
 
 
 def _out(output: Path | None, near: Path) -> Path:

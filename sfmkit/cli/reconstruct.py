@@ -30,7 +30,7 @@ from sfmkit.cli.mapping import (
     mapping_rows,
     print_unregistered,
 )
-from sfmkit.cli.matching import PairsOpt
+from sfmkit.cli.matching import ReconstructPairsOpt
 from sfmkit.pipelines.reconstruct import ReconstructConf, reconstruct
 
 
@@ -41,7 +41,7 @@ def reconstruct_cmd(
     features: FeaturesOpt = FeaturePreset("dense-vgg16"),  # type: ignore[call-arg]
     max_size: MaxSizeOpt = None,
     weights: WeightsOpt = None,
-    pairs: PairsOpt = "exhaustive",
+    pairs: ReconstructPairsOpt = "exhaustive",
     best_pairs: Annotated[
         int | None, typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")
     ] = None,

@@ -46,12 +46,20 @@ def sfmkit_runner(conf: ReconstructConf) -> Runner:
 
 
 def colmap_sift_runner(camera_mode: str = "auto") -> Runner:
-    """COLMAP's own SIFT pipeline through pycolmap."""
+    """COLMAP's own SIFT pipeline through pycolmap.
+
+    ``camera_mode`` is COLMAP's, or ``from-scene``: one shared camera when the image folder
+    holds a ``K.txt`` (Strecha scenes, rendered scenes without zoom), else ``auto`` (cameras
+    grouped by EXIF, as COLMAP does).
+    """
 
     def run(images: Path, names: Sequence[str] | None, out: Path, intrinsics: Path | None) -> MethodResult:
         start = time.perf_counter()
         chosen = list(names) if names is not None else list_images(images).names
-        result = run_colmap_sift(images, chosen, out, intrinsics=intrinsics, camera_mode=camera_mode)
+        mode = camera_mode
+        if mode == "from-scene":
+            mode = "single" if (Path(images) / "K.txt").is_file() else "auto"
+        result = run_colmap_sift(images, chosen, out, intrinsics=intrinsics, camera_mode=mode)
         timings = {**result.timings, "total": round(time.perf_counter() - start, 3)}
         return MethodResult(result.reconstruction, timings, result.path)
 

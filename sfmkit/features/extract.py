@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from sfmkit.errors import ImageReadError
 from sfmkit.features import CONFS, FeatureConf, extractor_kind, make_extractor
@@ -25,7 +28,7 @@ def features_path(conf: FeatureConf, out_dir: Path) -> Path:
     return Path(out_dir) / f"features-{conf_tag(conf, CONFS.get(conf.name))}.h5"
 
 
-def weights_identity(conf: FeatureConf) -> dict[str, str]:
+def weights_identity(conf: Any) -> dict[str, str]:
     """A checksum of a user weights file, so features are recomputed when the file changes."""
     weights = getattr(conf, "weights", "")
     if Path(weights).suffix in (".pt", ".pth") and Path(weights).is_file():
@@ -74,16 +77,51 @@ def extract(
     Returns:
         Path of the feature file.
     """
+    return extract_items(
+        features_path(conf, out_dir),
+        "features",
+        conf,
+        images,
+        lambda: make_extractor(conf, resolve_device(device)),
+        label=f"extract {conf.name}",
+        image_names=image_names,
+        overwrite=overwrite,
+        max_pixels=max_pixels,
+        extra_attrs={"extractor": extractor_kind(conf)},
+    )
+
+
+def extract_items(
+    path: Path,
+    stage: str,
+    conf: Any,
+    images: Path,
+    make: Callable[[], Callable[[LoadedImage], dict[str, np.ndarray]]],
+    *,
+    label: str,
+    image_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    extra_attrs: dict[str, Any] | None = None,
+) -> Path:
+    """The resumable per-image loop behind every extraction stage (local or global).
+
+    Args:
+        path: the HDF5 output, one item per image.
+        stage: the file's stage name (checked when the file is reused).
+        conf: a frozen config with ``max_size``; stored and compared on reuse.
+        make: builds the per-image function (called only when something is left to do).
+        label: the progress-bar title.
+    """
     images = Path(images)
     listing = list_images(images, image_names)
-    path = features_path(conf, out_dir)
     writer = ItemWriter(
         path,
-        "features",
+        stage,
         conf_to_json(conf),
         overwrite=overwrite,
         identity={"image_dir": str(images.resolve()), **weights_identity(conf)},
-        extra_attrs={"extractor": extractor_kind(conf)},
+        extra_attrs=extra_attrs,
     )
     previous_skips = json_attr(path, "skipped", {}) or {}
     todo = [n for n in listing.names if (n,) not in writer.done]
@@ -94,10 +132,10 @@ def extract(
     computed = 0
     start = time.perf_counter()
     if todo:
-        extractor = make_extractor(conf, resolve_device(device))
+        extractor = make()
         with writer:
             stream = _prefetch(images, todo, conf.max_size, max_pixels)
-            for name, loaded in track(stream, f"extract {conf.name}", total=len(todo)):
+            for name, loaded in track(stream, label, total=len(todo)):
                 try:
                     if isinstance(loaded, ImageReadError):
                         raise loaded

@@ -103,7 +103,8 @@ def make_pairs(spec: str, names: Sequence[str], out_dir: Path) -> Path:
     path = Path(spec)
     if not path.is_file():
         raise SfmkitError(
-            f"--pairs {spec!r} is neither 'exhaustive', 'sequential:N' nor an existing pairs file"
+            f"--pairs {spec!r} is neither 'exhaustive', 'sequential:N' nor an existing pairs file "
+            "('sfmkit reconstruct' also takes 'retrieval:K')"
         )
     read_pairs(path, names)  # validates
     return path

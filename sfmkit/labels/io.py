@@ -8,7 +8,8 @@
     /overlap/combined           (N, N) float32 CO
     /pairs/strong, /pairs/weak  (M, 2) int32 index pairs i < j
     /masks/<i>/<j>              (32, 32) bool: cells of image i that see what image j sees
-    attrs: schema_version, stage="labels", t_sfm, strong, weak, mask_size, grid, mesh, model
+    attrs: schema_version, stage="labels", t_sfm, strong, weak, mask_size, grid, mesh, model,
+           images (the image folder, when known)
 """
 
 from __future__ import annotations

@@ -21,9 +21,18 @@ VGG16_CONVS: tuple[tuple[str, int, int], ...] = (
     ("conv4_2", 512, 512),
     ("conv4_3", 512, 512),
 )
+#: The fifth block, built only for global descriptors (``VGG16Trunk(conv5=True)``); its
+#: output ``conv5_3`` (after ReLU, no pool5) is at 1/16 of the input resolution.
+VGG16_CONV5: tuple[tuple[str, int, int], ...] = (
+    ("conv5_1", 512, 512),
+    ("conv5_2", 512, 512),
+    ("conv5_3", 512, 512),
+)
 _POOL_AFTER = {"conv1_2": "pool1", "conv2_2": "pool2", "conv3_3": "pool3", "conv4_3": "pool4"}
 #: Every map the trunk can return, from finest to coarsest.
 LAYERS = ("conv1_2", "pool1", "pool2", "pool3", "pool4")
+#: The same plus conv5_3, for a trunk built with ``conv5=True``.
+LAYERS_CONV5 = (*LAYERS, "conv5_3")
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,15 @@ class VGG16Trunk(nn.Module):
 
     Args:
         norm: the input normalisation the loaded weights expect.
+        conv5: also build conv5_1 .. conv5_3, so ``conv5_3`` can be returned.
     """
 
-    def __init__(self, norm: InputNorm = CAFFE_NORM) -> None:
+    def __init__(self, norm: InputNorm = CAFFE_NORM, conv5: bool = False) -> None:
         super().__init__()
+        self.specs = VGG16_CONVS + (VGG16_CONV5 if conv5 else ())
+        self.layers = LAYERS_CONV5 if conv5 else LAYERS
         self.convs = nn.ModuleDict(
-            {name: nn.Conv2d(cin, cout, kernel_size=3, padding=1) for name, cin, cout in VGG16_CONVS}
+            {name: nn.Conv2d(cin, cout, kernel_size=3, padding=1) for name, cin, cout in self.specs}
         )
         self.norm = norm
         self.register_buffer("_mean", torch.tensor(norm.mean).view(1, 3, 1, 1), persistent=False)
@@ -82,21 +94,23 @@ class VGG16Trunk(nn.Module):
         Returns:
             dict layer name -> (B, C, H / 2^k, W / 2^k) tensor.
         """
-        unknown = set(layers) - set(LAYERS)
+        unknown = set(layers) - set(self.layers)
         if unknown:
-            raise ValueError(f"unknown layers {sorted(unknown)}; choose among {LAYERS}")
-        last = max(LAYERS.index(name) for name in layers)
+            raise ValueError(f"unknown layers {sorted(unknown)}; choose among {self.layers}")
+        last = max(self.layers.index(name) for name in layers)
         x = self.normalize(image)
         out: dict[str, torch.Tensor] = {}
-        for name, _, _ in VGG16_CONVS:
+        for name, _, _ in self.specs:
             x = torch.relu(self.convs[name](x))
-            if name == "conv1_2" and "conv1_2" in layers:
-                out["conv1_2"] = x
+            if name in ("conv1_2", "conv5_3") and name in layers:
+                out[name] = x
+            if name == "conv5_3":
+                break
             pool = _POOL_AFTER.get(name)
             if pool is not None:
                 x = nn.functional.max_pool2d(x, kernel_size=2, stride=2)
                 if pool in layers:
                     out[pool] = x
-                if LAYERS.index(pool) >= last:
+                if self.layers.index(pool) >= last:
                     break
         return out

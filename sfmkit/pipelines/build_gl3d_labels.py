@@ -153,6 +153,7 @@ def build_gl3d_labels(
                 masks[(int(i), j)] = overlap.overlap_mask(pixel_ids[i], member, conf.mask_size)
     timings["ratios_masks"] = time.perf_counter() - t
 
+    folder = Path(images_dir) if images_dir is not None else Path(model_dir).parent / "images"
     labels = Labels(
         names,
         ct,
@@ -169,6 +170,7 @@ def build_gl3d_labels(
             "grid": conf.grid,
             "mesh": str(mesh_path),
             "model": str(model_dir),
+            "images": str(folder.resolve()) if folder.is_dir() else "",
             "triangles": vis.num_triangles,
         },
     )
@@ -178,7 +180,6 @@ def build_gl3d_labels(
 
     plot = None
     if conf.plot_pairs > 0:
-        folder = Path(images_dir) if images_dir is not None else Path(model_dir).parent / "images"
         if folder.is_dir():
             rows = []
             for i, j in _plot_choice(labels, conf.plot_pairs):

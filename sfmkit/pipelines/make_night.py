@@ -12,6 +12,10 @@ For every image of a Strecha-layout dataset, one subset in which that image is a
     OUT/<stem>/K.txt                 the intrinsics at the written size
     OUT/make_night.json              source, seed, strength and every effect's value
 
+With ``night_images`` (e.g. the ``images_night/`` of ``sfmkit synth --lighting both``) the
+night queries are those relit renders instead of the 2D simulation: the light direction and
+the light sources change, which no image filter imitates.
+
 Subset images are symbolic links (copies where links are not possible), so all subsets share
 the day images and sfmkit's evaluation extracts each image once.
 """
@@ -42,6 +46,10 @@ PROXY_NOTE = (
     "A proxy for the Aachen Day-Night protocol made by sfmkit make-night: night images are "
     "simulated with 2D image processing. This is not Aachen Day-Night."
 )
+RELIT_NOTE = (
+    "A proxy for the Aachen Day-Night protocol made by sfmkit make-night: night images are "
+    "renders of the same cameras under night lighting. This is not Aachen Day-Night."
+)
 
 
 def _link(target: Path, link: Path) -> None:
@@ -55,25 +63,53 @@ def _link(target: Path, link: Path) -> None:
 
 
 def make_night(
-    dataset: Path, out_dir: Path, *, seed: int = 0, strength: float = 1.0, max_size: int | None = 1024
+    dataset: Path,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    strength: float = 1.0,
+    max_size: int | None = 1024,
+    night_images: Path | None = None,
 ) -> list[Path]:
-    """Write one subset per image of ``dataset``; returns the subset folders."""
+    """Write one subset per image of ``dataset``; returns the subset folders.
+
+    ``night_images``: a folder holding a night photo of every image under the same name (same
+    camera, other lighting); used as the queries instead of the simulation at ``strength``.
+    """
     dataset, out_dir = Path(dataset), Path(out_dir)
     cameras = read_scene(dataset)
     names = [n for n in list_images(dataset / "images").names if n in cameras]
     if len(names) < 4:
         raise SfmkitError(f"{dataset} has {len(names)} images with ground-truth cameras; need at least 4")
+    if night_images is not None:
+        missing = [n for n in names if not (Path(night_images) / n).is_file()]
+        if missing:
+            raise SfmkitError(
+                f"{night_images} lacks the night version of {len(missing)} image(s), e.g. {missing[0]}; "
+                "it must hold one image per day image, under the same name"
+            )
     pool = out_dir / "_images"
     for kind in ("day", "night"):
         (pool / kind).mkdir(parents=True, exist_ok=True)
     sizes: dict[str, tuple[float, float]] = {}
-    for name in track(names, f"night images (strength {strength:g})"):
+    label = f"strength {strength:g}" if night_images is None else f"relit, from {night_images}"
+    for name in track(names, f"night images ({label})"):
         loaded = read_image(dataset / "images" / name, max_size)
         sizes[name] = loaded.scale
         day, night = pool / "day" / name, pool / "night" / name
         day.parent.mkdir(parents=True, exist_ok=True)
         night.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(loaded.rgb).save(day.with_suffix(".jpg"), quality=95)
+        if night_images is not None:
+            relit = read_image(Path(night_images) / name, max_size)
+            if relit.rgb.shape != loaded.rgb.shape:
+                raise SfmkitError(
+                    f"{Path(night_images) / name} is {relit.rgb.shape[1]}x{relit.rgb.shape[0]} but its "
+                    f"day image is {loaded.rgb.shape[1]}x{loaded.rgb.shape[0]}; night and day images "
+                    "must share the camera"
+                )
+            Image.fromarray(relit.rgb).save(night.with_suffix(".jpg"), quality=95)
+            continue
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         quality = params_dict(strength)["jpeg_quality"]
         Image.fromarray(nightify(loaded.rgb, strength, rng)).save(night.with_suffix(".jpg"), quality=quality)
@@ -97,11 +133,11 @@ def make_night(
         (subset / "K.txt").write_text("\n".join(" ".join(f"{v:.10g}" for v in row) for row in k) + "\n")
         subsets.append(subset)
     info = {
-        "note": PROXY_NOTE,
+        "note": PROXY_NOTE if night_images is None else RELIT_NOTE,
         "source": str(dataset.resolve()),
         "seed": seed,
         "max_size": max_size,
-        "night": params_dict(strength),
+        "night": params_dict(strength) if night_images is None else {"relit": str(night_images)},
         "subsets": [s.name for s in subsets],
     }
     (out_dir / "make_night.json").write_text(json.dumps(info, indent=2) + "\n")

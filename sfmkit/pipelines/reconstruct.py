@@ -1,4 +1,6 @@
-"""``reconstruct``: extract -> pairs -> match -> verify -> map, with timings and a report."""
+"""``reconstruct``: extract -> pairs (or retrieve) -> match -> verify -> map, with timings and
+a report. ``pairs="retrieval:K"`` matches each image with its K nearest images by global
+descriptor (:mod:`sfmkit.pipelines.retrieve`) instead of every pair."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sfmkit.errors import SfmkitError
 from sfmkit.features import FeatureConf, extractor_kind, get_conf
 from sfmkit.features.extract import extract
 from sfmkit.geometry import verify as verify_mod
@@ -18,7 +21,10 @@ from sfmkit.io.images import list_images
 from sfmkit.io.pairs import make_pairs
 from sfmkit.matching import match as match_mod
 from sfmkit.matching.match import MatchConf, match
+from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images
+from sfmkit.retrieval.extractor import GlobalConf
+from sfmkit.retrieval.search import SearchConf
 from sfmkit.utils.config import conf_to_dict
 from sfmkit.utils.report import write_report
 from sfmkit.utils.timing import StageTimer
@@ -66,6 +72,20 @@ class ReconstructResult:
     report: Path
 
 
+def retrieval_k(spec: str) -> int | None:
+    """K of a ``retrieval:K`` pairs spec (``retrieval`` alone: 10); None for other specs."""
+    if not spec.startswith("retrieval"):
+        return None
+    _, _, value = spec.partition(":")
+    try:
+        k = int(value) if value else 10
+    except ValueError:
+        raise SfmkitError(f"--pairs {spec!r}: write retrieval:K with an integer K") from None
+    if k < 1:
+        raise SfmkitError(f"--pairs {spec!r}: K must be at least 1")
+    return k
+
+
 def reconstruct(
     conf: ReconstructConf,
     images: Path,
@@ -86,11 +106,26 @@ def reconstruct(
         )
     counts["extract"] = json_attr(feats, "last_run")
     counts["skipped_images"] = json_attr(feats, "skipped", {})
-    with timer.stage("pairs"):
-        # the images of this run (a feature file may hold more, from earlier runs)
-        wanted = set(list_images(images, image_names).names)
-        names = sorted(k[0] for k in list_items(feats, 1) if k[0] in wanted)
-        pairs = make_pairs(conf.pairs, names, out_dir)
+    # the images of this run (a feature file may hold more, from earlier runs)
+    wanted = set(list_images(images, image_names).names)
+    names = sorted(k[0] for k in list_items(feats, 1) if k[0] in wanted)
+    top_k = retrieval_k(conf.pairs)
+    if top_k is not None:
+        with timer.stage("retrieve"):
+            found = retrieve(
+                images,
+                out_dir,
+                GlobalConf(),
+                SearchConf(top_k=top_k),
+                image_names=names,
+                overwrite=overwrite,
+                device=device,
+            )
+        pairs = found.pairs_file
+        counts["retrieve"] = {k: v for k, v in found.counts.items() if k != "skipped_images"}
+    else:
+        with timer.stage("pairs"):
+            pairs = make_pairs(conf.pairs, names, out_dir)
     with timer.stage("match"):
         matches = match(matcher, feats, pairs, out_dir, overwrite=overwrite, device=device)
     counts["match"] = json_attr(matches, "last_run")

@@ -11,6 +11,8 @@ the z coordinate in the camera frame (``inf`` where no surface is hit).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from typing import Any
 
@@ -26,7 +28,23 @@ _SODIUM = np.array([1.0, 0.62, 0.25])
 _GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
+def _load_triton_first() -> None:
+    """Import triton (when installed, e.g. with CUDA builds of torch) before Mesa's EGL loads.
+
+    Both carry their own LLVM; loaded in the order EGL (llvmpipe) then triton, the second
+    LLVM's static initialisers crash the process (SIGSEGV in llvm::DebugCounter, seen when
+    training after rendering in one process: torch.optim imports torch._dynamo, which
+    imports triton). Loaded the other way round, both work.
+    """
+    if importlib.util.find_spec("triton") is not None:
+        try:
+            importlib.import_module("triton")
+        except Exception:  # noqa: BLE001 - a broken triton only matters to torch.compile
+            pass
+
+
 def _pyrender() -> Any:
+    _load_triton_first()
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     if not hasattr(np, "infty"):  # pyrender 0.1.45 still uses the alias NumPy 2 removed
         np.infty = np.inf  # type: ignore[attr-defined]

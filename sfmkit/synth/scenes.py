@@ -185,16 +185,16 @@ def facade_cameras(rng: np.random.Generator, n: int, size: tuple[int, int]) -> l
 
 def aerial_scene(rng: np.random.Generator, textures: m.TextureSource, detail: float) -> SynthScene:
     edge = 1.5 / detail
-    size = 80.0
-    terrain = m.heightfield(rng, size, 80, 1.5)
+    size, reach = 140.0, 62.0  # terrain side; buildings and trees within +-reach
+    terrain = m.heightfield(rng, size, 140, 2.0)
     parts = [
         m.textured_part(terrain, textures, max_edge=edge, mapping="top", texture_size=2048, name="terrain")
     ]
     placed: list[tuple[float, float, float]] = []
     attempts = 0
-    while len(placed) < 24 and attempts < 2000:
+    while len(placed) < 70 and attempts < 4000:
         attempts += 1
-        x, y = rng.uniform(-30, 30, 2)
+        x, y = rng.uniform(-reach, reach, 2)
         sx, sy = rng.uniform(5, 12), rng.uniform(5, 10)
         r = 0.5 * np.hypot(sx, sy)
         if any(np.hypot(x - px, y - py) < r + pr + 1.0 for px, py, pr in placed):
@@ -208,8 +208,8 @@ def aerial_scene(rng: np.random.Generator, textures: m.TextureSource, detail: fl
         )
         roof = m.hip_roof((sx, sy), (x, y, z + h + 0.5), yaw, rng.uniform(1.5, 3.5))
         parts.append(m.textured_part(roof, textures, max_edge=edge, texture_size=256, name="roof"))
-    for _ in range(20):  # trees
-        x, y = rng.uniform(-35, 35, 2)
+    for _ in range(60):  # trees
+        x, y = rng.uniform(-reach, reach, 2)
         if any(np.hypot(x - px, y - py) < pr + 2.0 for px, py, pr in placed):
             continue
         z, r = m.ground_height(terrain, x, y), rng.uniform(1.5, 3.0)
@@ -217,7 +217,8 @@ def aerial_scene(rng: np.random.Generator, textures: m.TextureSource, detail: fl
             [m.cylinder(0.3, 2.5, (x, y, z - 0.2)), m.sphere(r, (x, y, z + 2.3 + 0.8 * r))]
         )
         parts.append(m.textured_part(tree, textures, max_edge=edge, texture_size=256, name="tree"))
-    lamps = np.array([[x, y, m.ground_height(terrain, x, y) + 8.0] for x, y in rng.uniform(-35, 35, (16, 2))])
+    spots = rng.uniform(-reach, reach, (40, 2))
+    lamps = np.array([[x, y, m.ground_height(terrain, x, y) + 8.0] for x, y in spots])
     return SynthScene("aerial", parts, _sun(rng), lamps, 10.0)
 
 
@@ -227,7 +228,7 @@ def aerial_cameras(rng: np.random.Generator, n: int, size: tuple[int, int]) -> l
     altitudes = (35.0, 55.0, 85.0)
     for i in range(n):
         altitude = altitudes[i % 3] * rng.uniform(0.9, 1.1)
-        target = np.append(rng.uniform(-22, 22, 2), 0.0)
+        target = np.append(rng.uniform(-50, 50, 2), 0.0)
         if rng.random() < 0.35:
             heading = rng.uniform(0, 2 * np.pi)
             center = target + np.array([0.02 * np.cos(heading), 0.02 * np.sin(heading), altitude])

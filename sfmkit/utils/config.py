@@ -18,7 +18,10 @@ T = TypeVar("T")
 
 
 def conf_to_dict(conf: Any) -> dict[str, Any]:
-    """The config as a plain JSON-able dict (nested dataclasses included)."""
+    """The config as a plain JSON-able dict (nested dataclasses included); a dict of configs
+    becomes a dict of dicts."""
+    if isinstance(conf, dict):
+        return {k: conf_to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in conf.items()}
     return json.loads(json.dumps(dataclasses.asdict(conf), default=str))
 
 

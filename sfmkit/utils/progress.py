@@ -66,12 +66,17 @@ class Bar:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, advance=n)
 
+    def describe(self, description: str) -> None:
+        """Change the bar's title (e.g. to show the current loss)."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=description)
+
 
 @contextmanager
-def bar(description: str, total: int | None) -> Iterator[Bar]:
+def bar(description: str, total: int | None, completed: int = 0) -> Iterator[Bar]:
     """Context manager yielding a :class:`Bar` (a no-op when bars are disabled)."""
     if not _ENABLED:
         yield Bar(None, None)
         return
     with _progress() as progress:
-        yield Bar(progress, progress.add_task(description, total=total))
+        yield Bar(progress, progress.add_task(description, total=total, completed=completed))

@@ -1,0 +1,120 @@
+"""``retrieve``: images -> ``global-<tag>.h5`` -> nearest neighbours -> a pairs file.
+
+The pairs file ``pairs-retrieval-<aggregation>-k<K>.txt`` lists each image with its K most
+similar images (each unordered pair once); ``sfmkit reconstruct --pairs retrieval:K`` runs
+this stage and matches only those pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sfmkit.features.extract import extract_items
+from sfmkit.io.h5 import json_attr
+from sfmkit.io.images import DEFAULT_MAX_PIXELS
+from sfmkit.io.pairs import write_pairs
+from sfmkit.models.retrieval import load_retrieval_model
+from sfmkit.retrieval.extractor import GlobalConf, GlobalExtractor
+from sfmkit.retrieval.search import SearchConf, SearchResult, search
+from sfmkit.utils.config import conf_tag
+from sfmkit.utils.device import resolve_device
+from sfmkit.utils.timing import StageTimer
+
+logger = logging.getLogger(__name__)
+
+GLOBAL_CONFS: dict[str, GlobalConf] = {"vgg16-conv5": GlobalConf()}
+
+
+def global_path(conf: GlobalConf, out_dir: Path) -> Path:
+    """Output file of ``conf``: the preset name, plus a hash if options were changed."""
+    return Path(out_dir) / f"global-{conf_tag(conf, GLOBAL_CONFS.get(conf.name))}.h5"
+
+
+def extract_global(
+    conf: GlobalConf,
+    images: Path,
+    out_dir: Path,
+    *,
+    image_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Path:
+    """Global descriptors of every image under ``images`` (resumable, like ``extract``)."""
+    return extract_items(
+        global_path(conf, out_dir),
+        "global",
+        conf,
+        images,
+        lambda: GlobalExtractor(conf, resolve_device(device)),
+        label="global descriptors",
+        image_names=image_names,
+        overwrite=overwrite,
+        max_pixels=max_pixels,
+    )
+
+
+def pairs_path(conf: SearchConf, out_dir: Path) -> Path:
+    return Path(out_dir) / f"pairs-retrieval-{conf.aggregation}-k{conf.top_k}.txt"
+
+
+@dataclass
+class RetrieveResult:
+    """Paths, neighbours, counts and per-stage timings of one ``retrieve`` run."""
+
+    global_file: Path
+    pairs_file: Path
+    result: SearchResult
+    timings: dict[str, float]
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def retrieve(
+    images: Path,
+    out_dir: Path,
+    gconf: GlobalConf = GlobalConf(),
+    sconf: SearchConf = SearchConf(),
+    *,
+    image_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+) -> RetrieveResult:
+    """Extract global descriptors, search every image against the others, write the pairs."""
+    timer = StageTimer()
+    with timer.stage("global"):
+        path = extract_global(
+            gconf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device
+        )
+    names = None
+    if image_names is not None:
+        names = [n for n in image_names if n not in (json_attr(path, "skipped", {}) or {})]
+    with timer.stage("search"):
+        model = load_retrieval_model(gconf.weights) if sconf.whitening == "model" else None
+        result = search(
+            path,
+            sconf,
+            model_whitening=None if model is None else model.whitening,
+            db_names=names,
+            workdir=Path(out_dir),
+        )
+        pairs = result.pairs()
+        pairs_file = write_pairs(pairs_path(sconf, out_dir), pairs)
+    counts = {
+        "images": len(result.database),
+        "pairs": len(pairs),
+        "extract": json_attr(path, "last_run"),
+        "skipped_images": json_attr(path, "skipped", {}),
+        "whitening": result.whitening,
+    }
+    logger.info(
+        "%d pairs from %d images (%s, top %d)",
+        len(pairs),
+        len(result.database),
+        sconf.aggregation,
+        sconf.top_k,
+    )
+    return RetrieveResult(path, pairs_file, result, timer.as_dict(), counts)

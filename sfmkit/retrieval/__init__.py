@@ -1,0 +1,1 @@
+"""Image retrieval: global descriptors (MAC, R-MAC, PR-MAC), whitening, indexes and metrics."""
