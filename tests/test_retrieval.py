@@ -161,11 +161,13 @@ def test_train_resume_and_evaluate_retrieval(tiny_scenes, tmp_path):
     assert not torch.equal(loaded.trunk.convs["conv5_3"].weight, fresh.convs["conv5_3"].weight)
     assert torch.equal(loaded.trunk.convs["conv5_2"].weight, fresh.convs["conv5_2"].weight)
     assert model.stat().st_size < 6e6  # only conv5_3 (float16) and the whitening are stored
+    first = json.loads(model.with_suffix(".json").read_text())["history"]
     # resume: the checkpoint at step 3 is reused, two more steps run
     r = runner.invoke(app, [*base, *opts, "--steps", "5"])
     assert r.exit_code == 0, r.output
+    assert "resuming" in r.output
     history = json.loads(model.with_suffix(".json").read_text())["history"]
-    assert len(history) == 5
+    assert len(history) == 5 and history[:3] == first
 
     out = tmp_path / "eval"
     args = ["--no-progress", "evaluate", "retrieval", "--labels", *labels, "-o", str(out), "--size", "96"]

@@ -18,6 +18,7 @@ config and data.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -243,7 +244,9 @@ def train_retrieval(
     optimiser = torch.optim.SGD(params, lr=conf.lr, momentum=conf.momentum, weight_decay=conf.weight_decay)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=conf.decay_every, gamma=conf.lr_decay)
     rng = np.random.default_rng(conf.seed)
-    identity = {"conf": conf_to_json(conf), "data": _data_identity([s.labels_path for s in scenes])}
+    # what a checkpoint must share to be resumed (the step count may grow between runs)
+    same = dataclasses.replace(conf, steps=0, checkpoint_every=0)
+    identity = {"conf": conf_to_json(same), "data": _data_identity([s.labels_path for s in scenes])}
     ckpt = Path(output).with_suffix(".ckpt")
     step = 0
     history: list[dict[str, float]] = []
