@@ -1,9 +1,11 @@
-"""Strecha scenes: sfmkit (dense VGG16 at the given sizes), sfmkit --features sift and COLMAP's
-own SIFT pipeline, in the same run on the same machine. Writes results.json, results.md and a
+"""Strecha scenes: sfmkit (dense VGG16 at the given sizes), sfmkit with other feature presets
+(``--features``, default sift; e.g. ``--features sift multiscale-kp``) and COLMAP's own SIFT
+pipeline, in the same run on the same machine. Writes results.json, results.md and a
 top-view PNG per scene (as ``sfmkit evaluate strecha``) and prints the table.
 
     python benchmarks/strecha.py ../shared/datasets/strecha/fountain-P11 \
-        ../shared/datasets/strecha/Herz-Jesus-P8 -o bench_out [--intrinsics] [--max-size 1024 1600]
+        ../shared/datasets/strecha/Herz-Jesus-P8 -o bench_out [--intrinsics] [--max-size 1024 1600] \
+        [--features sift multiscale-kp]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_out"))
     parser.add_argument("--intrinsics", action="store_true", help="use each scene's images/K.txt")
     parser.add_argument("--max-size", type=int, nargs="+", default=[1024])
+    parser.add_argument("--features", nargs="*", default=["sift"], help="further sfmkit feature presets")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pycolmap.logging.minloglevel = 2
@@ -38,7 +41,8 @@ def main() -> None:
         )
         for size in args.max_size
     }
-    runners["sfmkit sift"] = sfmkit_runner(ReconstructConf(features=get_conf("sift")))
+    for preset in args.features:
+        runners[f"sfmkit {preset}"] = sfmkit_runner(ReconstructConf(features=get_conf(preset)))
     runners["COLMAP sift (pycolmap)"] = colmap_sift_runner("single")
     out = args.output / ("strecha_K" if args.intrinsics else "strecha")
     evaluate_strecha(args.scenes, out, runners, intrinsics=args.intrinsics)

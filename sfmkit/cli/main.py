@@ -9,6 +9,7 @@ import typer
 from sfmkit import __version__
 from sfmkit.cli import evaluate as evaluate_cli
 from sfmkit.cli import features as features_cli
+from sfmkit.cli import keypoints as keypoints_cli
 from sfmkit.cli import labels as labels_cli
 from sfmkit.cli import mapping as mapping_cli
 from sfmkit.cli import matching as matching_cli
@@ -58,6 +59,7 @@ synth_cli.register(app)
 labels_cli.register(app)
 retrieval_cli.register(app)
 train_cli.register(app, evaluate_cli.evaluate_app)
+keypoints_cli.register(app, train_cli.train_app, evaluate_cli.evaluate_app)
 
 
 def main() -> None:

@@ -11,14 +11,16 @@ import torch
 from sfmkit.errors import ConfigError
 from sfmkit.features.base import Extractor
 from sfmkit.features.dense_vgg import DenseVGGConf, DenseVGGExtractor
+from sfmkit.features.multiscale_kp import MultiscaleKPConf, MultiscaleKPExtractor
 from sfmkit.features.sift import SiftConf, SiftExtractor
 
-FeatureConf = DenseVGGConf | SiftConf
+FeatureConf = DenseVGGConf | SiftConf | MultiscaleKPConf
 
 CONFS: dict[str, FeatureConf] = {
     "dense-vgg16": DenseVGGConf(),
     "dense-vgg16-1600": DenseVGGConf(name="dense-vgg16-1600", max_size=1600),
     "sift": SiftConf(),
+    "multiscale-kp": MultiscaleKPConf(),
 }
 
 
@@ -35,8 +37,15 @@ def make_extractor(conf: FeatureConf, device: torch.device) -> Extractor:
         return DenseVGGExtractor(conf, device)
     if isinstance(conf, SiftConf):
         return SiftExtractor(conf)
+    if isinstance(conf, MultiscaleKPConf):
+        return MultiscaleKPExtractor(conf, device)
     raise ConfigError(f"no extractor for {type(conf).__name__}")
 
 
 def extractor_kind(conf: FeatureConf) -> str:
-    return "dense_vgg" if isinstance(conf, DenseVGGConf) else "sift"
+    """The kind stored in feature files; it picks the default matcher and verification."""
+    if isinstance(conf, DenseVGGConf):
+        return "dense_vgg"
+    if isinstance(conf, MultiscaleKPConf):
+        return "multiscale_kp"
+    return "sift"

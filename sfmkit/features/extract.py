@@ -29,11 +29,17 @@ def features_path(conf: FeatureConf, out_dir: Path) -> Path:
 
 
 def weights_identity(conf: Any) -> dict[str, str]:
-    """A checksum of a user weights file, so features are recomputed when the file changes."""
-    weights = getattr(conf, "weights", "")
-    if Path(weights).suffix in (".pt", ".pth") and Path(weights).is_file():
-        return {"weights_sha256": sha256_file(Path(weights))}
-    return {}
+    """Checksums of the weights files a config names (``weights``, ``detector``,
+    ``descriptor``; the shipped ones included), so features are recomputed when one changes."""
+    from sfmkit.models.keypoints import SHIPPED
+
+    out = {}
+    for attr in ("weights", "detector", "descriptor"):
+        value = str(getattr(conf, attr, "") or "")
+        path = SHIPPED[attr] if attr in SHIPPED and value == "default" else Path(value)
+        if path.suffix in (".pt", ".pth") and path.is_file():
+            out["weights_sha256" if attr == "weights" else f"{attr}_sha256"] = sha256_file(path)
+    return out
 
 
 def _prefetch(

@@ -60,7 +60,7 @@ CONFS: dict[str, MatchConf] = {
     "mnn-ratio": MatchConf(name="mnn-ratio", coarse_to_fine=False, ratio=0.8),
 }
 #: The matcher used when none is named, by feature extractor kind.
-DEFAULT_FOR_FEATURES = {"dense_vgg": "mnn-c2f", "sift": "mnn-ratio"}
+DEFAULT_FOR_FEATURES = {"dense_vgg": "mnn-c2f", "sift": "mnn-ratio", "multiscale_kp": "mnn"}
 
 
 def matches_path(conf: MatchConf, features: Path, out_dir: Path) -> Path:

@@ -27,6 +27,7 @@ from sfmkit.errors import SfmkitError
 from sfmkit.models.vgg import VGG16Trunk
 from sfmkit.models.weights import WEIGHT_SOURCES, load_vgg16
 from sfmkit.retrieval.whitening import Whitening
+from sfmkit.utils.files import torch_save_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +130,4 @@ def save_retrieval_model(
         },
         "card": card,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return torch_save_atomic(payload, path)

@@ -30,7 +30,7 @@ import pycolmap
 
 from sfmkit.errors import SfmkitError
 from sfmkit.eval.methods import Runner
-from sfmkit.eval.plots import plot_cumulative
+from sfmkit.eval.plots import plot_cumulative, plot_isolated
 from sfmkit.eval.poses import Pose, model_poses, pose_errors, read_reference
 from sfmkit.features.extract import extract
 from sfmkit.geometry.verify import verify
@@ -242,7 +242,8 @@ def evaluate_aachen(
     for method, data in per_method.items():
         flat = [q for per_subset in data["queries"].values() for q in per_subset.values()]
         curves[method] = (thresholds, np.array([_within(flat, t, 10.0) for t in thresholds]))
-    plot_cumulative(
+    plot_isolated(
+        plot_cumulative,
         out_dir / "curves.png",
         f"night queries localised (angle <= 10 deg), {Path(root).name}",
         curves,

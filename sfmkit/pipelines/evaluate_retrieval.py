@@ -128,6 +128,7 @@ def evaluate_retrieval(
         "methods": [],
     }
     top = min(max(ks), len(test.names) - 1)
+    whitenings = {model: load_retrieval_model(model).whitening for model in models}  # bad files fail first
     for model in models:
         source = resolve_model_source(model)
         tag = Path(source).stem if source.endswith((".pt", ".pth")) else source
@@ -135,7 +136,7 @@ def evaluate_retrieval(
         start = time.perf_counter()
         path = gather(test, gconf, out_dir / tag, device, overwrite)
         extract_seconds = time.perf_counter() - start
-        whitening = load_retrieval_model(model).whitening
+        whitening = whitenings[model]
         index = {n: i for i, n in enumerate(test.names)}
         for aggregation in aggregations:
             conf = replace(sconf, aggregation=aggregation, top_k=top, shortlist=max(sconf.shortlist, top))
@@ -161,8 +162,9 @@ def evaluate_retrieval(
                 }
             )
             logger.info("%s %s: %s", tag, aggregation, scores)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "results.md").write_text(results_table(results, ks))
+        # written after every model, so a long comparison keeps what it measured
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out_dir / "results.md").write_text(results_table(results, ks))
     return results
 
 

@@ -19,7 +19,7 @@ import pycolmap
 
 from sfmkit.errors import SfmkitError
 from sfmkit.eval.methods import MethodResult, Runner
-from sfmkit.eval.plots import plot_top_view
+from sfmkit.eval.plots import plot_isolated, plot_top_view
 from sfmkit.eval.poses import mean_relative_rotation_error, model_poses, pose_errors
 from sfmkit.eval.strecha import read_scene
 
@@ -120,14 +120,21 @@ def evaluate_strecha(
             rows.append(_row(scene.name, method, score, result.timings))
             estimates[method] = {n: np.array(c["aligned_center"]) for n, c in score["cameras"].items()}
             errors[method] = {n: c["position_m"] for n, c in score["cameras"].items()}
+        # the numbers first, so a failed figure cannot lose them
+        _write_results(out_dir, intrinsics, rows)
         truth = {n: cam.C for n, cam in read_scene(scene).items()}
-        plot_top_view(
+        plot_isolated(
+            plot_top_view,
             out_dir / f"{scene.name}.png",
             f"{scene.name}: camera centres (top view)",
             truth,
             estimates,
             errors,
         )
+    return _write_results(out_dir, intrinsics, rows)
+
+
+def _write_results(out_dir: Path, intrinsics: bool, rows: list[dict[str, Any]]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps({"intrinsics": intrinsics, "rows": rows}, indent=2) + "\n")

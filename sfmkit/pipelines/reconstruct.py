@@ -32,7 +32,11 @@ from sfmkit.utils.timing import StageTimer
 logger = logging.getLogger(__name__)
 
 #: Verification used when none is named, by feature extractor kind.
-DEFAULT_VERIFY_FOR_FEATURES = {"dense_vgg": "multi-homography", "sift": "none"}
+DEFAULT_VERIFY_FOR_FEATURES = {
+    "dense_vgg": "multi-homography",
+    "sift": "none",
+    "multiscale_kp": "multi-homography",
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class ReconstructResult:
 
 def retrieval_k(spec: str) -> int | None:
     """K of a ``retrieval:K`` pairs spec (``retrieval`` alone: 10); None for other specs."""
-    if not spec.startswith("retrieval"):
+    if spec != "retrieval" and not spec.startswith("retrieval:"):
         return None
     _, _, value = spec.partition(":")
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sfmkit.features.extract import extract_items
 from sfmkit.io.h5 import json_attr
-from sfmkit.io.images import DEFAULT_MAX_PIXELS
+from sfmkit.io.images import DEFAULT_MAX_PIXELS, list_images
 from sfmkit.io.pairs import write_pairs
 from sfmkit.models.retrieval import load_retrieval_model
 from sfmkit.retrieval.extractor import GlobalConf, GlobalExtractor
@@ -89,9 +89,10 @@ def retrieve(
         path = extract_global(
             gconf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device
         )
-    names = None
-    if image_names is not None:
-        names = [n for n in image_names if n not in (json_attr(path, "skipped", {}) or {})]
+    # the images of this run only: the global file may hold more, from earlier runs
+    skipped = json_attr(path, "skipped", {}) or {}
+    wanted = image_names if image_names is not None else list_images(images).names
+    names = [n for n in wanted if n not in skipped]
     with timer.stage("search"):
         model = load_retrieval_model(gconf.weights) if sconf.whitening == "model" else None
         result = search(

@@ -19,7 +19,6 @@ config and data.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -39,9 +38,9 @@ from sfmkit.models.weights import load_vgg16
 from sfmkit.retrieval.aggregation import mac, masked_mac, regional_mac, rmac_regions
 from sfmkit.retrieval.loss import MaskTripletConf, batched_mask_triplet_loss
 from sfmkit.retrieval.whitening import learn_whitening
+from sfmkit.train.loop import data_identity, loss_summary, run_loop
 from sfmkit.utils.config import conf_to_dict, conf_to_json
 from sfmkit.utils.device import resolve_device
-from sfmkit.utils.progress import bar as progress_bar
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
@@ -213,13 +212,6 @@ def _step(
     )
 
 
-def _data_identity(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for p in paths:
-        digest.update(Path(p).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def train_retrieval(
     labels_paths: list[Path],
     output: Path,
@@ -243,64 +235,22 @@ def train_retrieval(
     columns = min(conf.columns, len(scenes))
     optimiser = torch.optim.SGD(params, lr=conf.lr, momentum=conf.momentum, weight_decay=conf.weight_decay)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=conf.decay_every, gamma=conf.lr_decay)
-    rng = np.random.default_rng(conf.seed)
     # what a checkpoint must share to be resumed (the step count may grow between runs)
     same = dataclasses.replace(conf, steps=0, checkpoint_every=0)
-    identity = {"conf": conf_to_json(same), "data": _data_identity([s.labels_path for s in scenes])}
-    ckpt = Path(output).with_suffix(".ckpt")
-    step = 0
-    history: list[dict[str, float]] = []
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state.get("identity") == identity:
-            for name in trained:
-                trunk.convs[name].load_state_dict(state["layers"][name])
-            optimiser.load_state_dict(state["optimiser"])
-            schedule.load_state_dict(state["schedule"])
-            rng.bit_generator.state = state["rng"]
-            step, history = state["step"], state["history"]
-            logger.info("resuming %s at step %d", ckpt, step)
-        else:
-            logger.warning("%s was made with other options or data; starting afresh", ckpt)
-
-    def save_checkpoint() -> None:
-        tmp = ckpt.with_suffix(".ckpt.tmp")
-        torch.save(
-            {
-                "identity": identity,
-                "layers": {n: trunk.convs[n].state_dict() for n in trained},
-                "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": rng.bit_generator.state,
-                "step": step,
-                "history": history,
-            },
-            tmp,
-        )
-        tmp.replace(ckpt)
-
-    trunk.train()
-    with progress_bar("train retrieval", conf.steps, completed=step) as shown:
-        while step < conf.steps:
-            loss, parts = _step(trunk, scenes, columns, rng, conf, dev)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            step += 1
-            history.append({"loss": float(loss.detach()), **parts})
-            shown.advance()
-            if step % 10 == 0:
-                shown.describe(f"train retrieval (loss {np.mean([h['loss'] for h in history[-10:]]):.3f})")
-            if step % 50 == 0:
-                logger.info(
-                    "step %d: loss %.4f (mean of the last 50)",
-                    step,
-                    np.mean([h["loss"] for h in history[-50:]]),
-                )
-            if step % conf.checkpoint_every == 0:
-                save_checkpoint()
-    save_checkpoint()
+    identity = {"conf": conf_to_json(same), "data": data_identity([s.labels_path for s in scenes])}
+    state = run_loop(
+        "train retrieval",
+        torch.nn.ModuleDict({n: trunk.convs[n] for n in trained}),  # the checkpoint holds these
+        optimiser,
+        lambda rng: _step(trunk, scenes, columns, rng, conf, dev),
+        steps=conf.steps,
+        rng=np.random.default_rng(conf.seed),
+        checkpoint=Path(output).with_suffix(".ckpt"),
+        identity=identity,
+        checkpoint_every=conf.checkpoint_every,
+        scheduler=schedule,
+    )
+    history = state.history
     trunk.eval()
 
     # whitening on the regional vectors of the training images (originals)
@@ -313,8 +263,7 @@ def train_retrieval(
                 regional.append(regional_mac(fmap, regions)[0].cpu().numpy())
     whitening = learn_whitening(np.concatenate(regional), conf.whitening_dim)
     seconds = time.perf_counter() - start
-    first = float(np.mean([h["loss"] for h in history[:50]])) if history else float("nan")
-    last = float(np.mean([h["loss"] for h in history[-50:]])) if history else float("nan")
+    first, last = loss_summary(history)
     card = {
         "what": "sfmkit retrieval model: VGG16 to conv5_3, last conv5 layers fine-tuned with the "
         "batched mask triplet loss (GL3D), PCA whitening of regional vectors",

@@ -72,6 +72,8 @@ class SearchConf:
             raise SfmkitError(f"unknown whitening {self.whitening!r}; choose among {WHITENINGS}")
         if self.top_k < 1:
             raise SfmkitError(f"top-k must be at least 1, got {self.top_k}")
+        if self.shortlist < 1 or self.chunk < 1 or self.query_expansion < 0:
+            raise SfmkitError("shortlist and chunk must be at least 1, query_expansion at least 0")
 
 
 @dataclass
@@ -227,11 +229,13 @@ def search(
                 if vectors is None:
                     vectors = np.empty((len(used), dim or block.shape[1]), np.float32)
                 vectors[start : start + len(chunk)] = block
-        assert vectors is not None
+        if vectors is None:
+            raise SfmkitError(f"{path}: no database image to search; check the image list")
         db_rows = np.array([position[n] for n in database])
         q_rows = np.array([position[n] for n in queries])
         index = build_index(vectors[db_rows], conf.index, auto_threshold=conf.auto_threshold)
-        depth = conf.shortlist if conf.aggregation == "prmac" else conf.top_k
+        # PR-MAC re-ranks a shortlist that must hold at least the top-k
+        depth = max(conf.shortlist, conf.top_k) if conf.aggregation == "prmac" else conf.top_k
         depth = min(depth + 1, len(database))  # +1: the query itself is in the database
         qvec = vectors[q_rows]
         if conf.query_expansion > 0:

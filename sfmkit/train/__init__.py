@@ -1,0 +1,1 @@
+"""Training data, losses and loops of sfmkit's learned models."""
