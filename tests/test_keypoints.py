@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from sfmkit.cli.main import app
 from sfmkit.errors import ConfigError
 from sfmkit.eval.patches import average_precision, retrieval_accuracy
-from sfmkit.features.multiscale_kp import MultiscaleKPConf, MultiscaleKPExtractor, detect
+from sfmkit.features.multiscale_kp import MultiscaleKPConf, MultiscaleKPExtractor, detect, shifted_score_maps
 from sfmkit.io.images import LoadedImage
 from sfmkit.models.keypoints import PATCH_SIZES, RECURSIONS, MultiscaleDetector, level_to_pixels, load_network
 from sfmkit.train.keypoints import detector_loss, hardest_triplet_loss, shape_target
@@ -73,6 +73,31 @@ def test_detect_returns_the_planted_peaks_with_their_scale():
     assert xy[0] == pytest.approx([8 * 8 + 19, 8 * 6 + 19])
     assert xy[1, 1] == pytest.approx(8 * 6 + 19)
     assert 8 * 14 + 19 < xy[1, 0] < 8 * 14 + 19 + 4
+
+
+def test_finer_grid_interleaves_shifted_runs():
+    torch.manual_seed(0)
+    net = MultiscaleDetector().eval()
+    x = torch.rand(1, 1, 200, 260)
+    with torch.inference_mode():
+        fine, shape = shifted_score_maps(net, x, [0, 2], 4)
+        plain, plain_shape = shifted_score_maps(net, x, [0, 2], 8)
+        shifted = net.score_maps(x[..., 4:, 4:], [0, 2])
+        right = net.score_maps(x[..., :, 4:], [0, 2])  # shifted along x only: odd columns
+    assert plain_shape == tuple(net.trunk(x).shape[-2:]) and shape[0] >= 2 * plain_shape[0] - 2
+    for r in (0, 2):
+        h, w = fine[r][0::2, 0::2].shape
+        assert torch.equal(fine[r][0::2, 0::2], plain[r][:h, :w])
+        h, w = fine[r][1::2, 1::2].shape
+        assert torch.equal(fine[r][1::2, 1::2], shifted[r][:h, :w])
+        h, w = fine[r][0::2, 1::2].shape
+        assert torch.equal(fine[r][0::2, 1::2], right[r][:h, :w])
+    # a peak at fine index (row 5, column 7) of level 2 is pixel 4 u + 8 (r + 1) + 19
+    maps = {r: torch.zeros_like(m) for r, m in fine.items()}
+    maps[2][5, 7] = 1.0
+    xy, _, levels = detect(maps, shape, max_keypoints=1, min_score=0.5, step=4)
+    assert levels.tolist() == [2]
+    assert xy[0] == pytest.approx([4 * 7 + 24 + 19, 4 * 5 + 24 + 19])
 
 
 def test_detector_and_triplet_losses():

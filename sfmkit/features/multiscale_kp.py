@@ -43,6 +43,8 @@ class MultiscaleKPConf:
         smallest learned patch is 64 pixels and the detection grid 8, too coarse for a 480 x 360
         image (on a rendered 480 x 360 scene at native size: 28% of mutual matches within 2 px
         of their epipolar line and 2 of 28 pairs verified).
+    grid: detection grid in pixels: 8 is the trunk's stride; 4 or 2 run the detector on the
+        image shifted by 4 (2) pixels per axis too (4 or 16 runs) and interleave the maps.
     max_keypoints: keep the N best keypoints.
     levels: recursion counts scored (patch side 64 + 16 r). The default keeps the five the
         detector was trained on (sides 64 ... 256); on fountain-P11 the untrained counts in
@@ -54,6 +56,7 @@ class MultiscaleKPConf:
     name: str = "multiscale-kp"
     max_size: int = 2400
     min_size: int = 1600
+    grid: int = 8
     max_keypoints: int = 4096
     levels: tuple[int, ...] = (0, 2, 4, 8, 12)
     min_score: float = -1.0
@@ -63,28 +66,69 @@ class MultiscaleKPConf:
     def __post_init__(self) -> None:
         if self.max_size < 128 or self.max_keypoints < 1 or not self.levels:
             raise ConfigError("multiscale-kp needs max_size >= 128, max_keypoints >= 1 and some levels")
+        if self.grid not in (2, 4, 8):
+            raise ConfigError("multiscale-kp grid must be 8, 4 or 2 pixels")
         if not 0 <= self.min_size <= self.max_size:
             raise ConfigError("multiscale-kp needs 0 <= min_size <= max_size (0: never upsample)")
         if sorted(set(self.levels)) != list(self.levels) or not 0 <= self.levels[0] <= self.levels[-1] <= 32:
             raise ConfigError("multiscale-kp levels must be distinct recursion counts in 0..32, ascending")
 
 
-def scale_space(maps: dict[int, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-    """(L, h, w) scores on the trunk grid (-inf where a level has no score)."""
+def scale_space(maps: dict[int, torch.Tensor], shape: tuple[int, int], cells: int = 1) -> torch.Tensor:
+    """(L, h, w) scores on a grid of ``cells`` samples per trunk cell and axis (``shape`` is
+    that grid's size; -inf where a level has no score)."""
     levels = max(maps) + 1
     stack = torch.full((levels, *shape), float("-inf"), device=next(iter(maps.values())).device)
     for r, m in maps.items():
-        o = r + 1  # the head and each recursion crop one trunk cell per side
-        stack[r, o : o + m.shape[0], o : o + m.shape[1]] = m
+        o = cells * (r + 1)  # the head and each recursion crop one trunk cell per side
+        h, w = min(m.shape[0], shape[0] - o), min(m.shape[1], shape[1] - o)
+        stack[r, o : o + h, o : o + w] = m[:h, :w]
     return stack
 
 
+def shifted_score_maps(
+    detector: torch.nn.Module, x: torch.Tensor, levels: list[int], step: int
+) -> tuple[dict[int, torch.Tensor], tuple[int, int]]:
+    """Score maps on a grid of ``step`` pixels (8 / step a power of two): the detector runs on
+    the image shifted by every multiple of ``step`` below 8 per axis, and the maps are
+    interleaved. Grid index ``u`` is pixel ``step * u + 19`` (plus the level's own shift).
+    Returns the maps and the grid's shape."""
+    k = 8 // step
+    runs = {}
+    for i in range(k):
+        for j in range(k):
+            sub = x[..., i * step :, j * step :]
+            trunk = detector.trunk(sub).shape[-2:]
+            if min(trunk) < 3:
+                return {}, (0, 0)
+            runs[i, j] = (detector.score_maps(sub, levels), trunk)
+    th = min(t[0] for _, t in runs.values())
+    tw = min(t[1] for _, t in runs.values())
+    maps: dict[int, torch.Tensor] = {}
+    for r in runs[0, 0][0]:
+        parts = {ij: m[r] for ij, (m, _) in runs.items() if r in m}
+        if len(parts) < k * k:
+            continue
+        h = min(p.shape[0] for p in parts.values())
+        w = min(p.shape[1] for p in parts.values())
+        fine = torch.empty(h * k, w * k, device=x.device)
+        for (i, j), p in parts.items():
+            fine[i::k, j::k] = p[:h, :w]
+        maps[r] = fine
+    return maps, (th * k, tw * k)
+
+
 def detect(
-    maps: dict[int, torch.Tensor], shape: tuple[int, int], max_keypoints: int, min_score: float
+    maps: dict[int, torch.Tensor],
+    shape: tuple[int, int],
+    max_keypoints: int,
+    min_score: float,
+    step: int = 8,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keypoints from score maps: (N, 2) 0-based pixel coordinates at the detector's input
+    """Keypoints from score maps on a grid of ``step`` pixels (8: the trunk's own grid, see
+    :func:`shifted_score_maps`): (N, 2) 0-based pixel coordinates at the detector's input
     resolution, (N,) scores and (N,) recursion levels."""
-    stack = scale_space(maps, shape)
+    stack = scale_space(maps, shape, 8 // step)
     best, level = stack.max(dim=0)
     pooled = F.max_pool2d(best[None, None], 3, stride=1, padding=1)[0, 0]
     keep = (best == pooled) & torch.isfinite(best) & (best >= min_score)
@@ -105,9 +149,10 @@ def detect(
     centre = stack[lv, ys, xs]
     dx = offset(centre, stack[lv, ys, (xs - 1).clamp(min=0)], stack[lv, ys, (xs + 1).clamp(max=w - 1)])
     dy = offset(centre, stack[lv, (ys - 1).clamp(min=0), xs], stack[lv, (ys + 1).clamp(max=h - 1), xs])
-    # trunk index t sits at pixel 8 t + 19 (level_to_pixels with the level's own shift removed)
-    px = level_to_pixels(xs.float() + dx, -1)
-    py = level_to_pixels(ys.float() + dy, -1)
+    # trunk index t sits at pixel 8 t + 19 (level_to_pixels with the level's own shift
+    # removed); a finer grid has 8 / step samples per trunk cell
+    px = level_to_pixels((xs.float() + dx) * step / 8, -1)
+    py = level_to_pixels((ys.float() + dy) * step / 8, -1)
     xy = torch.stack([px, py], 1)
     return xy.cpu().numpy(), scores.cpu().numpy(), lv.cpu().numpy()
 
@@ -158,15 +203,15 @@ class MultiscaleKPExtractor:
         # detector pixels -> loaded-image pixels, per axis
         to_loaded = np.array([w / gray.shape[1], h / gray.shape[0]], np.float64)
         x = (gray / 255.0)[None, None]
-        trunk_shape = tuple(int(v) for v in self.detector.trunk(x).shape[-2:])
-        levels = list(self.conf.levels)
-        maps = self.detector.score_maps(x, levels) if min(trunk_shape) >= 3 else {}
+        maps, grid_shape = shifted_score_maps(self.detector, x, list(self.conf.levels), self.conf.grid)
         if not maps:
             xy = np.zeros((0, 2), np.float32)
             scores = np.zeros(0, np.float32)
             lv = np.zeros(0, np.int64)
         else:
-            xy, scores, lv = detect(maps, trunk_shape, self.conf.max_keypoints, self.conf.min_score)
+            xy, scores, lv = detect(
+                maps, grid_shape, self.conf.max_keypoints, self.conf.min_score, self.conf.grid
+            )
         sides = 64 + 16 * lv
         desc = describe_keypoints(self.descriptor, gray, xy, sides, self.device)
         scale = np.asarray(image.scale, np.float64) * to_loaded
