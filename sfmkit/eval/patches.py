@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from sfmkit.errors import SfmkitError
-from sfmkit.models.keypoints import DESCRIPTOR_INPUT, load_network
-from sfmkit.train.keypoints import DescriptorData, to_input
+from sfmkit.models.keypoints import DESCRIPTOR_INPUT, describe_patches, load_network, to_input
+from sfmkit.train.keypoints import DescriptorData
 from sfmkit.train.patches import PatchSet, read_patches
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.progress import track
@@ -72,14 +72,7 @@ def network_describer(source: str, device: torch.device) -> tuple[Describer, dic
     net, card = load_network("descriptor", source)
     net = net.to(device)
 
-    def describe(patches: np.ndarray) -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for chunk in np.array_split(patches, max(1, len(patches) // 512)):
-                out.append(net(to_input(chunk, device)).cpu().numpy())
-        return np.concatenate(out)
-
-    return describe, card
+    return lambda patches: describe_patches(net, patches, device), card
 
 
 def retrieval_queries(

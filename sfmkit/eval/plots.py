@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 def plot_isolated(plot: Callable[..., Path], path: Path, *args: Any) -> Path | None:
     """Draw ``plot(path, *args)`` in a fresh process; None (and a warning) if it fails.
 
-    Evaluations call this after hours of reconstruction: on the 2-core CI machine kind, a
+    Evaluations call this after minutes of reconstruction: on the 2-core machines here, a
     process that has run torch, pycolmap's SIFT and mapping has aborted inside Pillow's PNG
     encoder ("corrupted size vs. prev_size", a heap corrupted by native code beforehand), so
     the figure is drawn where that heap is not, and a failed figure never costs the numbers.

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from sfmkit.errors import ConfigError
 from sfmkit.io.images import LoadedImage
-from sfmkit.models.keypoints import DESCRIPTOR_INPUT, level_to_pixels, load_network
+from sfmkit.models.keypoints import DESCRIPTOR_INPUT, describe_patches, level_to_pixels, load_network
 from sfmkit.train.patches import crop_patches
 
 #: Patch side / keypoint scale, as used to make the training patches.
@@ -97,11 +97,10 @@ def shifted_score_maps(
     runs = {}
     for i in range(k):
         for j in range(k):
-            sub = x[..., i * step :, j * step :]
-            trunk = detector.trunk(sub).shape[-2:]
-            if min(trunk) < 3:
+            trunk = detector.trunk(x[..., i * step :, j * step :])
+            if min(trunk.shape[-2:]) < 3:
                 return {}, (0, 0)
-            runs[i, j] = (detector.score_maps(sub, levels), trunk)
+            runs[i, j] = (detector.head_maps(trunk, levels), trunk.shape[-2:])
     th = min(t[0] for _, t in runs.values())
     tw = min(t[1] for _, t in runs.values())
     maps: dict[int, torch.Tensor] = {}
@@ -173,10 +172,7 @@ def describe_keypoints(
         )[0, 0]
         sx, sy = size[1] / w, size[0] / h
         centres = np.column_stack([(xy[sel, 0] + 0.5) * sx - 0.5, (xy[sel, 1] + 0.5) * sy - 0.5])
-        patches = crop_patches(small.cpu(), centres, DESCRIPTOR_INPUT)
-        for chunk in np.array_split(np.arange(len(sel)), max(1, len(sel) // 512)):
-            x = torch.from_numpy(patches[chunk]).to(device)[:, None].float() / 255.0
-            out[sel[chunk]] = net(x).cpu().numpy()
+        out[sel] = describe_patches(net, crop_patches(small.cpu(), centres, DESCRIPTOR_INPUT), device)
     return out
 
 
@@ -192,8 +188,7 @@ class MultiscaleKPExtractor:
 
     @torch.inference_mode()
     def __call__(self, image: LoadedImage) -> dict[str, np.ndarray]:
-        rgb = torch.from_numpy(image.rgb).to(self.device).float()
-        gray = rgb @ torch.tensor([0.299, 0.587, 0.114], device=self.device)
+        gray = torch.from_numpy(image.gray()).to(self.device)
         h, w = gray.shape
         up = self.conf.min_size / max(h, w)
         if up > 1:

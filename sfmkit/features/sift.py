@@ -50,10 +50,7 @@ class SiftExtractor:
         self._sift = pycolmap.FeatureExtractor.create(options, device=pycolmap.Device.cpu)
 
     def __call__(self, image: LoadedImage) -> dict[str, np.ndarray]:
-        gray = np.asarray(
-            np.round(image.rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)),
-            dtype=np.uint8,
-        )
+        gray = np.round(image.gray()).astype(np.uint8)
         keypoints, descriptors = self._sift.extract_from_uint8_array(np.ascontiguousarray(gray))
         kpts = pycolmap.keypoints_to_matrix(keypoints).reshape(-1, 4)
         desc = np.asarray(descriptors.data, dtype=np.uint8).reshape(-1, 128)

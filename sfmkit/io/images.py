@@ -63,6 +63,10 @@ class LoadedImage:
     size: tuple[int, int]
     scale: tuple[float, float]
 
+    def gray(self) -> np.ndarray:
+        """(h, w) float32 luminance in [0, 255] (ITU-R BT.601 weights, as OpenCV and PIL)."""
+        return self.rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
 
 def list_images(root: Path, image_list: Sequence[str] | None = None) -> ImageListing:
     """Find the images under ``root`` (recursively), or check an explicit list of names.

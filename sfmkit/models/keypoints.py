@@ -60,6 +60,20 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def to_input(patches: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(n, S, S) uint8 patches -> (n, 1, S, S) float in [0, 1], the networks' input."""
+    return torch.from_numpy(np.ascontiguousarray(patches)).to(device)[:, None].float() / 255.0
+
+
+@torch.inference_mode()
+def describe_patches(net: nn.Module, patches: np.ndarray, device: torch.device) -> np.ndarray:
+    """(n, D) descriptors of (n, 64, 64) uint8 patches, in chunks of about 512."""
+    out = [np.zeros((0, getattr(net, "dim", 256)), np.float32)]
+    for chunk in np.array_split(patches, max(1, len(patches) // 512)):
+        out.append(net(to_input(chunk, device)).cpu().numpy())
+    return np.concatenate(out)
+
+
 def level_to_pixels(index: np.ndarray | torch.Tensor, level: int) -> np.ndarray | torch.Tensor:
     """Pixel coordinate (0-based, pixel centres at integers) of the receptive-field centre of
     head output ``index`` at recursion ``level``: the trunk maps index ``t`` to ``8 t + 19``
@@ -100,7 +114,10 @@ class MultiscaleDetector(nn.Module):
     def score_maps(self, image: torch.Tensor, levels: list[int]) -> dict[int, torch.Tensor]:
         """Score maps (h_r, w_r) of a (1, 1, H, W) image after each recursion count in
         ``levels`` (ascending); levels whose map would be empty are left out."""
-        x = self.trunk(image)
+        return self.head_maps(self.trunk(image), levels)
+
+    def head_maps(self, x: torch.Tensor, levels: list[int]) -> dict[int, torch.Tensor]:
+        """:meth:`score_maps` from the trunk's output ``x`` (1, d, h, w)."""
         out: dict[int, torch.Tensor] = {}
         for r in range(max(levels) + 1):
             if r > 0:

@@ -18,7 +18,6 @@ config and data.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -38,8 +37,8 @@ from sfmkit.models.weights import load_vgg16
 from sfmkit.retrieval.aggregation import mac, masked_mac, regional_mac, rmac_regions
 from sfmkit.retrieval.loss import MaskTripletConf, batched_mask_triplet_loss
 from sfmkit.retrieval.whitening import learn_whitening
-from sfmkit.train.loop import data_identity, loss_summary, run_loop
-from sfmkit.utils.config import conf_to_dict, conf_to_json
+from sfmkit.train.loop import loss_summary, run_training
+from sfmkit.utils.config import conf_to_dict
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.progress import track
 
@@ -235,19 +234,14 @@ def train_retrieval(
     columns = min(conf.columns, len(scenes))
     optimiser = torch.optim.SGD(params, lr=conf.lr, momentum=conf.momentum, weight_decay=conf.weight_decay)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=conf.decay_every, gamma=conf.lr_decay)
-    # what a checkpoint must share to be resumed (the step count may grow between runs)
-    same = dataclasses.replace(conf, steps=0, checkpoint_every=0)
-    identity = {"conf": conf_to_json(same), "data": data_identity([s.labels_path for s in scenes])}
-    state = run_loop(
+    state = run_training(
         "train retrieval",
         torch.nn.ModuleDict({n: trunk.convs[n] for n in trained}),  # the checkpoint holds these
         optimiser,
         lambda rng: _step(trunk, scenes, columns, rng, conf, dev),
-        steps=conf.steps,
-        rng=np.random.default_rng(conf.seed),
-        checkpoint=Path(output).with_suffix(".ckpt"),
-        identity=identity,
-        checkpoint_every=conf.checkpoint_every,
+        conf,
+        [s.labels_path for s in scenes],
+        output,
         scheduler=schedule,
     )
     history = state.history

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,11 @@ from sfmkit.models.keypoints import (
     MultiscaleDetector,
     TripletDescriptor,
     save_network,
+    to_input,
 )
-from sfmkit.train.loop import LoopState, data_identity, loss_summary, run_loop
+from sfmkit.train.loop import loss_summary, run_training
 from sfmkit.train.patches import PatchSet, read_patches
-from sfmkit.utils.config import conf_to_dict, conf_to_json
+from sfmkit.utils.config import conf_to_dict
 from sfmkit.utils.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -97,11 +97,6 @@ class TrainDescriptorConf:
     def __post_init__(self) -> None:
         if self.batch < 2 or self.margin <= 0:
             raise ConfigError("descriptor training needs batch >= 2 and margin > 0")
-
-
-def to_input(patches: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(n, S, S) uint8 -> (n, 1, S, S) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(patches)).to(device)[:, None].float() / 255.0
 
 
 def resize_patches(patches: np.ndarray, size: int = DESCRIPTOR_INPUT) -> np.ndarray:
@@ -212,7 +207,9 @@ def train_detector(
         loss, parts = detector_loss(x_pos, x_jit, h_jit, x_neg, conf.hinge_weight)
         return loss, {**parts, "size": size}
 
-    state = _run("train keypoints", net, optimiser, step, conf, patch_files, output)
+    state = run_training(
+        "train keypoints", net, optimiser, step, conf, patch_files, output, network=NETWORK_VERSION
+    )
     counts = {str(s): int(len(data.positives[s])) for s in PATCH_SIZES}
     card = _card("detector", command, conf, patch_files, state.history, start, state.step)
     card["positives_per_size"] = counts
@@ -305,7 +302,9 @@ def train_descriptor(
         emb = net(to_input(data.patches[pairs.reshape(-1)], dev)).view(conf.batch, 2, -1)
         return hardest_triplet_loss(emb[:, 0], emb[:, 1], conf.margin)
 
-    state = _run("train descriptor", net, optimiser, step, conf, patch_files, output)
+    state = run_training(
+        "train descriptor", net, optimiser, step, conf, patch_files, output, network=NETWORK_VERSION
+    )
     card = _card("descriptor", command, conf, patch_files, state.history, start, state.step)
     card["points"] = len(data.tracks)
     card["patches"] = int(len(data.patches))
@@ -314,41 +313,6 @@ def train_descriptor(
 
 
 # ---------------------------------------------------------------------------------- shared
-
-
-def _run(
-    label: str,
-    net: torch.nn.Module,
-    optimiser: torch.optim.Optimizer,
-    step: Callable[[np.random.Generator], Any],
-    conf: Any,
-    patch_files: list[Path],
-    output: Path,
-) -> LoopState:
-    """:func:`run_loop` with a checkpoint beside ``output``, resumed only for the same
-    options (``--steps`` aside), patch files and network version."""
-    identity = {
-        "conf": conf_to_json(_without_steps(conf)),
-        "data": data_identity(patch_files),
-        "network": NETWORK_VERSION,
-    }
-    return run_loop(
-        label,
-        net,
-        optimiser,
-        step,
-        steps=conf.steps,
-        rng=np.random.default_rng(conf.seed),
-        checkpoint=Path(output).with_suffix(".ckpt"),
-        identity=identity,
-        checkpoint_every=conf.checkpoint_every,
-    )
-
-
-def _without_steps(conf: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(conf, steps=0, checkpoint_every=0)
 
 
 def _card(

@@ -9,6 +9,7 @@ rather than silently shipped as if it had been trained for fewer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from sfmkit.errors import SfmkitError
+from sfmkit.utils.config import conf_to_json
 from sfmkit.utils.files import torch_save_atomic
 from sfmkit.utils.progress import bar as progress_bar
 
@@ -117,6 +119,38 @@ def run_loop(
     save()
     net.eval()
     return state
+
+
+def run_training(
+    label: str,
+    net: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    step_fn: Callable[[np.random.Generator], tuple[torch.Tensor, dict[str, float]]],
+    conf: Any,
+    data_files: list[Path],
+    output: Path,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    **identity: Any,
+) -> LoopState:
+    """:func:`run_loop` as the ``sfmkit train`` commands use it: ``conf`` (a dataclass with
+    ``steps``, ``seed`` and ``checkpoint_every``) gives the step count and the random seed, the
+    checkpoint is ``output`` with the suffix ``.ckpt``, and it is resumed only for the same
+    config (``steps`` and ``checkpoint_every`` aside), the same ``data_files`` and the same
+    ``identity`` keywords (e.g. a network version)."""
+    same = dataclasses.replace(conf, steps=0, checkpoint_every=0)
+    return run_loop(
+        label,
+        net,
+        optimiser,
+        step_fn,
+        steps=conf.steps,
+        rng=np.random.default_rng(conf.seed),
+        checkpoint=Path(output).with_suffix(".ckpt"),
+        identity={"conf": conf_to_json(same), "data": data_identity(data_files), **identity},
+        checkpoint_every=conf.checkpoint_every,
+        scheduler=scheduler,
+    )
 
 
 def data_identity(paths: list[Path]) -> str:

@@ -223,10 +223,12 @@ class _Table:
 
     def __init__(self) -> None:
         self.columns: dict[str, list] = defaultdict(list)
+        self.rows = 0
 
     def add(self, **cols: np.ndarray) -> None:
         for k, v in cols.items():
             self.columns[k].append(np.asarray(v))
+        self.rows += len(next(iter(cols.values())))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v) for k, v in self.columns.items()}
@@ -283,7 +285,7 @@ def build_patches(
             )
         if image.name not in scales:
             raise SfmkitError(f"{scales_source} has no keypoint scales for {image.name}")
-        gray = torch.from_numpy(loaded.rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+        gray = torch.from_numpy(loaded.gray())
         obs = np.asarray(per_image[image_id], np.int64)
         xy = np.array([image.points2D[int(i)].xy for i in obs[:, 1]], np.float64)
         sigma = scales[image.name][obs[:, 1]].astype(np.float64)
@@ -296,9 +298,7 @@ def build_patches(
             sel = np.flatnonzero(sizes == size)
             if len(sel):
                 rows = store(size, crop_patches(gray, xy[sel] - 0.5, size))
-                pos_rows = sum(len(v) for v in tables["positives"].columns.get("track", [])) + np.arange(
-                    len(sel)
-                )
+                pos_rows = tables["positives"].rows + np.arange(len(sel))
                 tables["positives"].add(
                     track=obs[sel, 0],
                     image=np.full(len(sel), k, np.int32),
@@ -347,7 +347,8 @@ def build_patches(
                     xy=cand.astype(np.float32),
                 )
     tmp = output.with_suffix(output.suffix + ".tmp")
-    summary = {kind: 0 for kind in KINDS}
+    summary = {kind: tables[kind].rows for kind in KINDS}
+    arrays = {kind: tables[kind].arrays() if tables[kind].rows else {} for kind in KINDS}
     with h5py.File(tmp, "w") as f:
         f.create_dataset("images", data=np.array(names, dtype=h5py.string_dtype()))
         for size in PATCH_SIZES:
@@ -359,17 +360,13 @@ def build_patches(
                 compression="gzip",
                 compression_opts=1,
             )
-        for kind, table in tables.items():
-            arrays = table.arrays() if table.columns else {}
+        for kind in KINDS:
             group = f.create_group(kind)
-            for key, value in arrays.items():
+            for key, value in arrays[kind].items():
                 group.create_dataset(key, data=value)
-            summary[kind] = int(len(arrays.get("image", [])))
         stats = {
             **summary,
-            "tracks": int(len(np.unique(tables["positives"].arrays()["track"])))
-            if summary["positives"]
-            else 0,
+            "tracks": int(len(np.unique(arrays["positives"]["track"]))) if summary["positives"] else 0,
             "per_size": {str(s): int(counts[s]) for s in PATCH_SIZES},
             "images": len(names) - len(skipped),
             "skipped_images": skipped,
