@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from sfmkit.eval.methods import colmap_sift_runner, sfmkit_runner
-from sfmkit.eval.poses import mean_relative_rotation_error, model_poses
+from sfmkit.eval.poses import mean_relative_rotation_error
 from sfmkit.features import get_conf
 from sfmkit.io.images import list_images
+from sfmkit.io.poses import model_poses
+from sfmkit.pipelines.methods import colmap_sift_runner, sfmkit_runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
 from sfmkit.reconstruction.mapping import reconstruction_stats
 

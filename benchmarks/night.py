@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pycolmap
 
-from sfmkit.eval.methods import colmap_sift_runner
-from sfmkit.pipelines.evaluate_aachen import evaluate_aachen
+from sfmkit.eval.aachen import evaluate_aachen
 from sfmkit.pipelines.make_night import make_night
+from sfmkit.pipelines.methods import colmap_sift_runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
 
 

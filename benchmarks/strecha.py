@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pycolmap
 
-from sfmkit.eval.methods import Runner, colmap_sift_runner, sfmkit_runner
+from sfmkit.eval.strecha import evaluate_strecha
 from sfmkit.features import get_conf
-from sfmkit.pipelines.evaluate_strecha import evaluate_strecha
+from sfmkit.pipelines.methods import Runner, colmap_sift_runner, sfmkit_runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
 from sfmkit.utils.config import replace
 

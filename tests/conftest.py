@@ -14,12 +14,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 @pytest.fixture(scope="session")
 def rendered_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     """8 images (480x360) of a textured blocks scene seen from an arc of cameras."""
-    from sfmkit.synth.dataset import write_dataset
-    from sfmkit.synth.scene import blocks_scene, orbit_cameras
+    from sfmkit.synth.raycast import arc_cameras, blocks_scene, write_dataset
 
     out = tmp_path_factory.mktemp("scene")
     scene = blocks_scene(seed=0)
-    cameras = orbit_cameras(8, seed=0)
+    cameras = arc_cameras(8, seed=0)
     write_dataset(out, scene, cameras)
     return out, scene
 

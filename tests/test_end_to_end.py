@@ -7,8 +7,9 @@ import pycolmap
 from typer.testing import CliRunner
 
 from sfmkit.cli.main import app
-from sfmkit.eval.poses import model_poses, pose_errors
-from sfmkit.eval.strecha import read_scene
+from sfmkit.eval.poses import pose_errors
+from sfmkit.io.poses import model_poses
+from sfmkit.io.strecha import read_scene
 
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ from conftest import SHARED
 from scipy.spatial.transform import Rotation
 
 from sfmkit.errors import SfmkitError
-from sfmkit.eval.strecha import StrechaCamera, read_camera, read_scene, write_camera
+from sfmkit.io.strecha import StrechaCamera, read_camera, read_scene, write_camera
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fountain-P11"
 

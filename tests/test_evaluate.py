@@ -9,9 +9,9 @@ from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
 from sfmkit.cli.main import app
-from sfmkit.eval.poses import Pose, read_pose_file
-from sfmkit.eval.strecha import read_scene
-from sfmkit.pipelines.evaluate_aachen import Subset, load_subsets, score_queries, summarize
+from sfmkit.eval.aachen import Subset, load_subsets, score_queries, summarize
+from sfmkit.io.poses import Pose, read_pose_file
+from sfmkit.io.strecha import read_scene
 from sfmkit.pipelines.make_night import NIGHT_PREFIX, make_night
 
 runner = CliRunner()

@@ -17,9 +17,17 @@ from sfmkit.errors import ConfigError
 from sfmkit.eval.patches import average_precision, retrieval_accuracy
 from sfmkit.features.multiscale_kp import MultiscaleKPConf, MultiscaleKPExtractor, detect, shifted_score_maps
 from sfmkit.io.images import LoadedImage
-from sfmkit.models.keypoints import PATCH_SIZES, RECURSIONS, MultiscaleDetector, level_to_pixels, load_network
+from sfmkit.io.patches import read_patches
+from sfmkit.models.keypoints import (
+    PATCH_SIZES,
+    RECURSIONS,
+    MultiscaleDetector,
+    crop_patches,
+    level_to_pixels,
+    load_network,
+)
 from sfmkit.train.keypoints import detector_loss, hardest_triplet_loss, shape_target
-from sfmkit.train.patches import crop_patches, discretise_sizes, read_patches
+from sfmkit.train.patches import discretise_sizes
 
 runner = CliRunner()
 

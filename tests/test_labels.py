@@ -10,10 +10,10 @@ import trimesh
 from typer.testing import CliRunner
 
 from sfmkit.cli.main import app
+from sfmkit.io.labels import read_labels
 from sfmkit.labels import overlap
-from sfmkit.labels.io import read_labels
 from sfmkit.pipelines.build_gl3d_labels import LabelsConf, build_gl3d_labels
-from sfmkit.synth.scene import PinholeCamera
+from sfmkit.synth.cameras import PinholeCamera
 from sfmkit.synth.truth import truth_model, write_model
 
 runner = CliRunner()

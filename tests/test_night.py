@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from helpers import textured_image
 
-from sfmkit.eval.night import night_params, nightify
-from sfmkit.eval.poses import Pose, read_pose_file, write_pose_file
+from sfmkit.io.poses import Pose, read_pose_file, write_pose_file
+from sfmkit.synth.night import night_params, nightify
 
 
 def luminance(rgb: np.ndarray) -> float:

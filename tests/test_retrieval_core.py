@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from sfmkit.errors import SfmkitError
+from sfmkit.models.whitening import Whitening
 from sfmkit.retrieval.aggregation import mac, masked_mac, prmac_distances, regional_mac, rmac, rmac_regions
 from sfmkit.retrieval.index import build_index, recall_at_k, weighted_query_expansion
 from sfmkit.retrieval.metrics import average_precision_at_k, mean_average_precision
-from sfmkit.retrieval.whitening import Whitening, learn_whitening
+from sfmkit.retrieval.whitening import learn_whitening
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from sfmkit.eval.poses import Pose, pose_errors, rotation_error_deg
+from sfmkit.eval.poses import pose_errors, rotation_error_deg
 from sfmkit.geometry.sim3 import Sim3, robust_umeyama, umeyama
+from sfmkit.io.poses import Pose
 
 
 def random_sim3(seed: int) -> Sim3:

@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from sfmkit.cli.main import app
-from sfmkit.eval.strecha import read_scene
+from sfmkit.io.strecha import read_scene
 from sfmkit.pipelines.synth import SynthConf, synthesize
+from sfmkit.synth.cameras import PinholeCamera, look_at
 from sfmkit.synth.gl import Renderer
 from sfmkit.synth.meshes import Part
-from sfmkit.synth.scene import PinholeCamera, look_at
 from sfmkit.synth.scenes import SynthScene
 from sfmkit.synth.truth import project
 

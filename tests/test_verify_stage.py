@@ -1,14 +1,8 @@
 import numpy as np
 
-from sfmkit.geometry.verify import (
-    VerifyConf,
-    inlier_counts,
-    pair_seed,
-    read_verified,
-    select_best_pairs,
-    verify,
-)
+from sfmkit.geometry.verify import VerifyConf, pair_seed, select_best_pairs, verify
 from sfmkit.io.h5 import H5Reader, ItemWriter
+from sfmkit.io.matches import inlier_counts, read_verified
 from sfmkit.io.pairs import write_pairs
 
 

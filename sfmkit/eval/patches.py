@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from sfmkit.errors import SfmkitError
+from sfmkit.io.patches import PatchSet, read_patches
 from sfmkit.models.keypoints import DESCRIPTOR_INPUT, describe_patches, load_network, to_input
 from sfmkit.train.keypoints import DescriptorData
-from sfmkit.train.patches import PatchSet, read_patches
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.progress import track
 

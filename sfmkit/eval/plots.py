@@ -1,44 +1,13 @@
-"""PNG figures for evaluations (matplotlib's object API with the Agg canvas: no global state,
-no display needed)."""
+"""PNG figures of evaluations: camera centres seen from above, cumulative curves."""
 
 from __future__ import annotations
 
-import logging
-import multiprocessing
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-logger = logging.getLogger(__name__)
-
-
-def plot_isolated(plot: Callable[..., Path], path: Path, *args: Any) -> Path | None:
-    """Draw ``plot(path, *args)`` in a fresh process; None (and a warning) if it fails.
-
-    Evaluations call this after minutes of reconstruction: on the 2-core machines here, a
-    process that has run torch, pycolmap's SIFT and mapping has aborted inside Pillow's PNG
-    encoder ("corrupted size vs. prev_size", a heap corrupted by native code beforehand), so
-    the figure is drawn where that heap is not, and a failed figure never costs the numbers.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=plot, args=(path, *args))
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0:
-        logger.warning("could not draw %s (plot process exited with %s)", path, proc.exitcode)
-        return None
-    return path
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+from sfmkit.utils.plots import save_figure
 
 
 def plot_top_view(
@@ -88,7 +57,7 @@ def plot_top_view(
         ax.set_aspect("equal", adjustable="datalim")
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_cumulative(
@@ -106,30 +75,4 @@ def plot_cumulative(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    return _save(fig, path)
-
-
-def plot_overlap_masks(
-    path: Path,
-    pairs: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]],
-) -> Path:
-    """One row per image pair: both images, each with its overlap mask (the part that sees
-    what the other image sees) in colour and the rest dark grey.
-
-    ``pairs``: (name_i, name_j, image_i, image_j, mask_ij, mask_ji, caption) with (H, W, 3)
-    uint8 images and low-resolution bool masks (upsampled here, nearest neighbour).
-    """
-    fig = Figure(figsize=(9.0, 3.4 * max(len(pairs), 1)))
-    for row, (name_i, name_j, image_i, image_j, mask_ij, mask_ji, caption) in enumerate(pairs):
-        for col, (name, image, mask) in enumerate(((name_i, image_i, mask_ij), (name_j, image_j, mask_ji))):
-            ax = fig.add_subplot(len(pairs), 2, 2 * row + col + 1)
-            h, w = image.shape[:2]
-            rows = np.minimum((np.arange(h) * mask.shape[0]) // h, mask.shape[0] - 1)
-            cols = np.minimum((np.arange(w) * mask.shape[1]) // w, mask.shape[1] - 1)
-            big = mask[rows][:, cols]
-            grey = image.astype(np.float32).mean(axis=2, keepdims=True) * 0.3
-            shown = np.where(big[..., None], image.astype(np.float32), grey)
-            ax.imshow(np.clip(shown, 0, 255).astype(np.uint8))
-            ax.set_title(f"{name}" + (f"  ({caption})" if col == 0 else ""), fontsize=8)
-            ax.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path)

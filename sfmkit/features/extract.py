@@ -1,4 +1,6 @@
-"""The ``extract`` stage: images -> ``features-<tag>.h5`` (resumable)."""
+"""The extraction stages: images -> ``features-<tag>.h5`` (local features, :func:`extract`) and
+images -> ``global-<tag>.h5`` (global descriptors for retrieval, :func:`extract_global`); both
+resumable, through one per-image loop (:func:`extract_items`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from sfmkit.errors import ImageReadError
-from sfmkit.features import CONFS, FeatureConf, extractor_kind, make_extractor
+from sfmkit.features import CONFS, FeatureConf, make_extractor
+from sfmkit.features.global_descriptors import GLOBAL_CONFS, GlobalConf, GlobalExtractor
 from sfmkit.io.h5 import ItemWriter, json_attr
 from sfmkit.io.images import DEFAULT_MAX_PIXELS, LoadedImage, list_images, read_image
 from sfmkit.models.weights import sha256_file
@@ -93,7 +96,7 @@ def extract(
         image_names=image_names,
         overwrite=overwrite,
         max_pixels=max_pixels,
-        extra_attrs={"extractor": extractor_kind(conf)},
+        extra_attrs={"extractor": conf.kind},
     )
 
 
@@ -169,3 +172,32 @@ def extract_items(
         },
     )
     return path
+
+
+def global_path(conf: GlobalConf, out_dir: Path) -> Path:
+    """Output file of ``conf``: the preset name, plus a hash if options were changed."""
+    return Path(out_dir) / f"global-{conf_tag(conf, GLOBAL_CONFS.get(conf.name))}.h5"
+
+
+def extract_global(
+    conf: GlobalConf,
+    images: Path,
+    out_dir: Path,
+    *,
+    image_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Path:
+    """Global descriptors of every image under ``images`` (resumable, like ``extract``)."""
+    return extract_items(
+        global_path(conf, out_dir),
+        "global",
+        conf,
+        images,
+        lambda: GlobalExtractor(conf, resolve_device(device)),
+        label="global descriptors",
+        image_names=image_names,
+        overwrite=overwrite,
+        max_pixels=max_pixels,
+    )

@@ -17,7 +17,9 @@ as in ``build-patches``), ``patch_sizes`` (the patch side in full-resolution pix
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,8 +27,13 @@ from torch.nn import functional as F
 
 from sfmkit.errors import ConfigError
 from sfmkit.io.images import LoadedImage
-from sfmkit.models.keypoints import DESCRIPTOR_INPUT, describe_patches, level_to_pixels, load_network
-from sfmkit.train.patches import crop_patches
+from sfmkit.models.keypoints import (
+    DESCRIPTOR_INPUT,
+    crop_patches,
+    describe_patches,
+    level_to_pixels,
+    load_network,
+)
 
 #: Patch side / keypoint scale, as used to make the training patches.
 SCALE_FACTOR = 12.0
@@ -53,6 +60,11 @@ class MultiscaleKPConf:
     detector, descriptor: weights: ``default`` (shipped), ``random`` or a ``.pt`` file.
     """
 
+    kind: ClassVar[str] = "multiscale_kp"
+    default_matcher: ClassVar[str] = "mnn"
+    default_verification: ClassVar[str] = "multi-homography"
+    dense: ClassVar[bool] = False
+
     name: str = "multiscale-kp"
     max_size: int = 2400
     min_size: int = 1600
@@ -72,6 +84,13 @@ class MultiscaleKPConf:
             raise ConfigError("multiscale-kp needs 0 <= min_size <= max_size (0: never upsample)")
         if sorted(set(self.levels)) != list(self.levels) or not 0 <= self.levels[0] <= self.levels[-1] <= 32:
             raise ConfigError("multiscale-kp levels must be distinct recursion counts in 0..32, ascending")
+
+    def with_weights(self, weights: str) -> MultiscaleKPConf:
+        """This config with other networks: ``random``, or ``DETECTOR.pt,DESCRIPTOR.pt``."""
+        parts = ["random", "random"] if weights == "random" else weights.split(",")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError("--weights for multiscale-kp: random, or DETECTOR.pt,DESCRIPTOR.pt")
+        return dataclasses.replace(self, detector=parts[0], descriptor=parts[1])
 
 
 def scale_space(maps: dict[int, torch.Tensor], shape: tuple[int, int], cells: int = 1) -> torch.Tensor:

@@ -4,6 +4,7 @@ classic baseline. Keypoints keep their scale and orientation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pycolmap
@@ -24,6 +25,11 @@ class SiftConf:
         estimate_affine_shape / domain_size_pooling: COLMAP's DSP-SIFT variants.
     """
 
+    kind: ClassVar[str] = "sift"
+    default_matcher: ClassVar[str] = "mnn-ratio"
+    default_verification: ClassVar[str] = "none"
+    dense: ClassVar[bool] = False
+
     name: str = "sift"
     max_size: int = 3200
     max_num_features: int = 8192
@@ -34,6 +40,10 @@ class SiftConf:
     def __post_init__(self) -> None:
         if self.max_size < 64 or self.max_num_features < 1 or self.peak_threshold <= 0:
             raise ConfigError("SIFT needs max_size >= 64, max_num_features >= 1 and peak_threshold > 0")
+
+    def with_weights(self, weights: str) -> SiftConf:
+        """SIFT has no weights: always an error."""
+        raise ConfigError(f"--weights applies to dense VGG16 and multiscale-kp features, not {self.name}")
 
 
 class SiftExtractor:

@@ -8,7 +8,6 @@ Layout per pair ``/<image0>/<image1>``: ``inliers`` (M, 2) int32 keypoint indice
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.errors import ConfigError
 from sfmkit.geometry.multi_homography import HomographySet, RansacParams, multi_homography_ransac
-from sfmkit.io.h5 import H5Reader, ItemWriter, item_path, read_file_attrs
-from sfmkit.io.pairs import Pair, read_pairs
-from sfmkit.matching.match import get_pair_matches
-from sfmkit.utils.config import conf_tag, conf_to_json
+from sfmkit.io.h5 import H5Reader, ItemWriter
+from sfmkit.io.matches import get_pair_matches, inlier_counts, input_features, start_pair_run
+from sfmkit.io.pairs import Pair
+from sfmkit.utils.config import conf_tag
 from sfmkit.utils.parallel import ordered_map
 from sfmkit.utils.progress import track
 
@@ -103,16 +102,6 @@ def select_best_pairs(counts: dict[Pair, int], n: int) -> set[Pair]:
     return keep
 
 
-def input_features(produced_from: Path, override: Path | None) -> Path:
-    """The feature file a stage file was made from (its ``features`` attribute), or ``override``."""
-    features = (
-        Path(override) if override is not None else Path(read_file_attrs(produced_from).get("features", ""))
-    )
-    if not features.is_file():
-        raise SfmkitError(f"the feature file of {produced_from} ({features}) is missing; pass --features")
-    return features
-
-
 def _verify_pairs(
     conf: VerifyConf,
     feats: H5Reader,
@@ -176,51 +165,17 @@ def verify(
     """
     features = input_features(matches, features)
     path = verified_path(conf, matches, out_dir)
-    writer = ItemWriter(
-        path,
-        "verified",
-        conf_to_json(conf),
-        depth=2,
-        overwrite=overwrite,
-        flush_every=64,
-        identity={"features": str(features.resolve()), "matches": str(Path(matches).resolve())},
-    )
-    start = time.perf_counter()
+    identity = {"features": str(features.resolve()), "matches": str(Path(matches).resolve())}
     with H5Reader(features, "features") as feats, H5Reader(matches, "matches") as mreader:
-        pair_list = read_pairs(pairs, {k[0] for k in feats.items(1)})
-        todo = writer.pending(pair_list)
-        _verify_pairs(conf, feats, mreader, todo, writer, workers)
-    counts = inlier_counts(path, pair_list)
+        names = {k[0] for k in feats.items(1)}
+        run = start_pair_run(path, "verified", conf, pairs, names, identity=identity, overwrite=overwrite)
+        _verify_pairs(conf, feats, mreader, run.todo, run.writer, workers)
+    counts = inlier_counts(path, run.pairs)
     if conf.best_pairs is not None:
         keep = select_best_pairs(counts, conf.best_pairs)
         with H5Reader(path) as reader:
-            stored = {pair: reader.pair_key(pair)[0] for pair in pair_list}
-        writer.set_item_attrs((stored[pair], {"selected": pair in keep}) for pair in pair_list)
-        logger.info("best_pairs=%d keeps %d of %d pairs", conf.best_pairs, len(keep), len(pair_list))
-    writer.set_attrs(
-        last_run={
-            "pairs": len(pair_list),
-            "computed": len(todo),
-            "reused": len(pair_list) - len(todo),
-            "pairs_with_inliers": sum(1 for c in counts.values() if c > 0),
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-    )
+            stored = {pair: reader.pair_key(pair)[0] for pair in run.pairs}
+        run.writer.set_item_attrs((stored[pair], {"selected": pair in keep}) for pair in run.pairs)
+        logger.info("best_pairs=%d keeps %d of %d pairs", conf.best_pairs, len(keep), len(run.pairs))
+    run.finish(pairs_with_inliers=sum(1 for c in counts.values() if c > 0))
     return path
-
-
-def inlier_counts(path: Path, pairs: list[Pair]) -> dict[Pair, int]:
-    """Number of verified inliers per pair."""
-    with H5Reader(path) as reader:
-        return {
-            pair: int(reader.file[item_path(reader.pair_key(pair)[0])]["inliers"].shape[0]) for pair in pairs
-        }
-
-
-def read_verified(reader: H5Reader, pair: Pair) -> np.ndarray | None:
-    """(M, 2) verified index pairs in ``pair``'s order, or None if the pair is not selected."""
-    key, flip = reader.pair_key(pair)
-    if not reader.attrs(key).get("selected", True):
-        return None
-    inliers = reader.array(key, "inliers").astype(np.int64)
-    return inliers[:, ::-1].copy() if flip else inliers

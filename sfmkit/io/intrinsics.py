@@ -33,3 +33,10 @@ def read_intrinsics(path: Path) -> np.ndarray:
     if not (k[0, 0] > 0 and k[1, 1] > 0 and np.allclose(k[2], [0, 0, 1])):
         raise SfmkitError(f"{path}: not a calibration matrix (need fx, fy > 0 and last row 0 0 1):\n{k}")
     return k
+
+
+def write_intrinsics(path: Path, k: np.ndarray) -> Path:
+    """Write a 3x3 calibration matrix as ``K.txt`` (three rows of three numbers); returns ``path``."""
+    rows = np.asarray(k, np.float64).reshape(3, 3)
+    Path(path).write_text("\n".join(" ".join(f"{v:.10g}" for v in row) for row in rows) + "\n")
+    return Path(path)

@@ -7,7 +7,6 @@ keypoint of image1 or -1, and ``matching_scores0`` (N0,) float16 (cosine similar
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,12 @@ import numpy as np
 import torch
 
 from sfmkit.errors import ConfigError, SfmkitError
-from sfmkit.io.h5 import H5Reader, ItemWriter, read_file_attrs
-from sfmkit.io.pairs import Pair, read_pairs
+from sfmkit.features import feature_kind
+from sfmkit.io.h5 import H5Reader, read_file_attrs
+from sfmkit.io.matches import start_pair_run
 from sfmkit.matching.coarse_to_fine import coarse_to_fine
 from sfmkit.matching.mutual_nn import mutual_nn
-from sfmkit.utils.config import conf_tag, conf_to_json
+from sfmkit.utils.config import conf_tag
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.progress import track
 
@@ -59,8 +59,6 @@ CONFS: dict[str, MatchConf] = {
     "mnn": MatchConf(name="mnn", coarse_to_fine=False),
     "mnn-ratio": MatchConf(name="mnn-ratio", coarse_to_fine=False, ratio=0.8),
 }
-#: The matcher used when none is named, by feature extractor kind.
-DEFAULT_FOR_FEATURES = {"dense_vgg": "mnn-c2f", "sift": "mnn-ratio", "multiscale_kp": "mnn"}
 
 
 def matches_path(conf: MatchConf, features: Path, out_dir: Path) -> Path:
@@ -145,49 +143,26 @@ def match(
     feat_attrs = read_file_attrs(features)
     if feat_attrs.get("stage") != "features":
         raise SfmkitError(f"{features} is not an sfmkit feature file; pass the output of `sfmkit extract`")
-    dense = feat_attrs.get("extractor") == "dense_vgg"
+    dense = feature_kind(feat_attrs.get("extractor")).dense
     if conf.coarse_to_fine and not dense:
         raise ConfigError(
             f"matcher {conf.name!r} is coarse-to-fine and needs dense features; use mnn or mnn-ratio"
         )
     path = matches_path(conf, features, out_dir)
-    writer = ItemWriter(
-        path,
-        "matches",
-        conf_to_json(conf),
-        depth=2,
-        overwrite=overwrite,
-        identity={"features": str(Path(features).resolve())},
-        flush_every=64,
-    )
     with H5Reader(features, "features") as reader:
-        names = {k[0] for k in reader.items(1)}
-        pair_list = read_pairs(pairs, names)
-        todo = writer.pending(pair_list)
-        torch_device = resolve_device(device)
-        cache = _DescriptorCache(reader, dense, torch_device)
-        start = time.perf_counter()
-        with writer, torch.inference_mode():
-            for name0, name1 in track(todo, f"match {conf.name}"):
+        run = start_pair_run(
+            path,
+            "matches",
+            conf,
+            pairs,
+            {k[0] for k in reader.items(1)},
+            identity={"features": str(Path(features).resolve())},
+            overwrite=overwrite,
+        )
+        cache = _DescriptorCache(reader, dense, resolve_device(device))
+        with run.writer, torch.inference_mode():
+            for name0, name1 in track(run.todo, f"match {conf.name}"):
                 matches0, scores0 = match_pair(conf, cache.get(name0), cache.get(name1), dense)
-                writer.write((name0, name1), {"matches0": matches0, "matching_scores0": scores0})
-    writer.set_attrs(
-        last_run={
-            "pairs": len(pair_list),
-            "computed": len(todo),
-            "reused": len(pair_list) - len(todo),
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-    )
+                run.writer.write((name0, name1), {"matches0": matches0, "matching_scores0": scores0})
+    run.finish()
     return path
-
-
-def get_pair_matches(reader: H5Reader, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """(M, 2) int index pairs into (keypoints0, keypoints1) and (M,) scores for ``pair``,
-    whichever order the pair was stored in."""
-    key, flipped = reader.pair_key(pair)
-    m0 = reader.array(key, "matches0")
-    s0 = reader.array(key, "matching_scores0")
-    idx = np.flatnonzero(m0 >= 0)
-    matches = np.stack([idx, m0[idx]], 1).astype(np.int64)
-    return (matches[:, ::-1].copy() if flipped else matches), s0[idx].astype(np.float32)

@@ -65,6 +65,26 @@ def to_input(patches: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(patches)).to(device)[:, None].float() / 255.0
 
 
+def crop_patches(gray: torch.Tensor, centres: np.ndarray, size: int) -> np.ndarray:
+    """(n, size, size) uint8 crops of a (H, W) float image around sub-pixel ``centres``
+    (0-based pixel coordinates), bilinear, without resizing."""
+    if len(centres) == 0:
+        return np.zeros((0, size, size), np.uint8)
+    h, w = gray.shape
+    offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    out = []
+    for chunk in np.array_split(np.asarray(centres, np.float32), max(1, len(centres) // 256)):
+        c = torch.from_numpy(chunk)
+        xs = c[:, 0, None, None] + offsets[None, None, :]
+        ys = c[:, 1, None, None] + offsets[None, :, None]
+        grid = torch.stack([xs.expand(-1, size, size), ys.expand(-1, size, size)], -1)
+        grid = torch.stack([grid[..., 0] * 2 / (w - 1) - 1, grid[..., 1] * 2 / (h - 1) - 1], -1)
+        src = gray[None, None].expand(len(chunk), 1, h, w)
+        sampled = F.grid_sample(src, grid, mode="bilinear", align_corners=True)
+        out.append(sampled[:, 0].round().clamp(0, 255).to(torch.uint8).numpy())
+    return np.concatenate(out)
+
+
 @torch.inference_mode()
 def describe_patches(net: nn.Module, patches: np.ndarray, device: torch.device) -> np.ndarray:
     """(n, D) descriptors of (n, 64, 64) uint8 patches, in chunks of about 512."""

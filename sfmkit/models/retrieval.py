@@ -26,7 +26,7 @@ import torch
 from sfmkit.errors import SfmkitError
 from sfmkit.models.vgg import VGG16Trunk
 from sfmkit.models.weights import WEIGHT_SOURCES, load_vgg16
-from sfmkit.retrieval.whitening import Whitening
+from sfmkit.models.whitening import Whitening
 from sfmkit.utils.files import torch_save_atomic
 
 logger = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ import pycolmap
 import scipy.sparse as sp
 
 from sfmkit.errors import SfmkitError
-from sfmkit.eval.plots import plot_overlap_masks
 from sfmkit.io.images import read_image
+from sfmkit.io.labels import Labels, write_gl3d_text, write_labels
 from sfmkit.labels import overlap
-from sfmkit.labels.io import Labels, write_gl3d_text, write_labels
+from sfmkit.labels.plots import plot_overlap_masks
 from sfmkit.labels.surface import mesh_from_model, write_mesh
 from sfmkit.labels.visibility import MeshVisibility, load_mesh, mask_grid
 from sfmkit.utils.progress import track

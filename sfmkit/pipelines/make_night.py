@@ -1,7 +1,7 @@
 """``make-night``: Aachen-style day/night subsets from a dataset with ground-truth cameras.
 
 For every image of a Strecha-layout dataset, one subset in which that image is a night query
-(see :mod:`sfmkit.eval.night`) and all others stay day images. Output layout::
+(see :mod:`sfmkit.synth.night`) and all others stay day images. Output layout::
 
     OUT/_images/day/<name>           every image, resized to --max-size (JPEG q95)
     OUT/_images/night/<name>         its night version (JPEG at the strength's quality)
@@ -33,10 +33,11 @@ import numpy as np
 from PIL import Image
 
 from sfmkit.errors import SfmkitError
-from sfmkit.eval.night import nightify, params_dict
-from sfmkit.eval.poses import write_pose_file
-from sfmkit.eval.strecha import read_scene
 from sfmkit.io.images import list_images, read_image
+from sfmkit.io.intrinsics import write_intrinsics
+from sfmkit.io.poses import write_pose_file
+from sfmkit.io.strecha import read_scene
+from sfmkit.synth.night import nightify, params_dict
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def make_night(
         k = cameras[query].K.copy()
         k[0] /= sx
         k[1] /= sy
-        (subset / "K.txt").write_text("\n".join(" ".join(f"{v:.10g}" for v in row) for row in k) + "\n")
+        write_intrinsics(subset / "K.txt", k)
         subsets.append(subset)
     info = {
         "note": PROXY_NOTE if night_images is None else RELIT_NOTE,

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sfmkit.errors import SfmkitError
-from sfmkit.features import FeatureConf, extractor_kind, get_conf
+from sfmkit.features import FeatureConf, get_conf
 from sfmkit.features.extract import extract
+from sfmkit.features.global_descriptors import GlobalConf
 from sfmkit.geometry import verify as verify_mod
 from sfmkit.geometry.verify import VerifyConf, verify
 from sfmkit.io.h5 import json_attr, list_items
@@ -23,20 +24,12 @@ from sfmkit.matching import match as match_mod
 from sfmkit.matching.match import MatchConf, match
 from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images
-from sfmkit.retrieval.extractor import GlobalConf
 from sfmkit.retrieval.search import SearchConf
 from sfmkit.utils.config import conf_to_dict
 from sfmkit.utils.report import write_report
 from sfmkit.utils.timing import StageTimer
 
 logger = logging.getLogger(__name__)
-
-#: Verification used when none is named, by feature extractor kind.
-DEFAULT_VERIFY_FOR_FEATURES = {
-    "dense_vgg": "multi-homography",
-    "sift": "none",
-    "multiscale_kp": "multi-homography",
-}
 
 
 @dataclass(frozen=True)
@@ -53,9 +46,8 @@ class ReconstructConf:
 
     def stage_confs(self) -> tuple[MatchConf, VerifyConf]:
         """The matcher and verification actually used."""
-        kind = extractor_kind(self.features)
-        matcher = self.matcher or match_mod.CONFS[match_mod.DEFAULT_FOR_FEATURES[kind]]
-        verification = self.verify or verify_mod.CONFS[DEFAULT_VERIFY_FOR_FEATURES[kind]]
+        matcher = self.matcher or match_mod.CONFS[self.features.default_matcher]
+        verification = self.verify or verify_mod.CONFS[self.features.default_verification]
         if self.best_pairs is not None:
             verification = dataclasses.replace(verification, best_pairs=self.best_pairs)
         return matcher, verification

@@ -13,49 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sfmkit.features.extract import extract_items
+from sfmkit.features.extract import extract_global
+from sfmkit.features.global_descriptors import GlobalConf
 from sfmkit.io.h5 import json_attr
-from sfmkit.io.images import DEFAULT_MAX_PIXELS, list_images
+from sfmkit.io.images import list_images
 from sfmkit.io.pairs import write_pairs
 from sfmkit.models.retrieval import load_retrieval_model
-from sfmkit.retrieval.extractor import GlobalConf, GlobalExtractor
 from sfmkit.retrieval.search import SearchConf, SearchResult, search
-from sfmkit.utils.config import conf_tag
-from sfmkit.utils.device import resolve_device
 from sfmkit.utils.timing import StageTimer
 
 logger = logging.getLogger(__name__)
-
-GLOBAL_CONFS: dict[str, GlobalConf] = {"vgg16-conv5": GlobalConf()}
-
-
-def global_path(conf: GlobalConf, out_dir: Path) -> Path:
-    """Output file of ``conf``: the preset name, plus a hash if options were changed."""
-    return Path(out_dir) / f"global-{conf_tag(conf, GLOBAL_CONFS.get(conf.name))}.h5"
-
-
-def extract_global(
-    conf: GlobalConf,
-    images: Path,
-    out_dir: Path,
-    *,
-    image_names: Sequence[str] | None = None,
-    overwrite: bool = False,
-    device: str = "auto",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Path:
-    """Global descriptors of every image under ``images`` (resumable, like ``extract``)."""
-    return extract_items(
-        global_path(conf, out_dir),
-        "global",
-        conf,
-        images,
-        lambda: GlobalExtractor(conf, resolve_device(device)),
-        label="global descriptors",
-        image_names=image_names,
-        overwrite=overwrite,
-        max_pixels=max_pixels,
-    )
 
 
 def pairs_path(conf: SearchConf, out_dir: Path) -> Path:

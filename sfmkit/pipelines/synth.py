@@ -30,8 +30,9 @@ import numpy as np
 from PIL import Image
 
 from sfmkit.errors import SfmkitError
-from sfmkit.eval.strecha import StrechaCamera, write_camera
 from sfmkit.io.h5 import encode_name
+from sfmkit.io.intrinsics import write_intrinsics
+from sfmkit.io.strecha import StrechaCamera, write_camera
 from sfmkit.synth.gl import Renderer
 from sfmkit.synth.meshes import TextureSource, combined_mesh
 from sfmkit.synth.scenes import SCENES, build
@@ -147,10 +148,7 @@ def synthesize(conf: SynthConf, out: Path) -> SynthResult:
         truth = StrechaCamera(K=cam.K, R_c2w=cam.R.T, C=cam.center, size=(cam.width, cam.height))
         write_camera(out / "gt_dense_cameras" / f"{name}.camera", truth)
     if all(np.allclose(c.K, cameras[0].K) for c in cameras):
-        k = cameras[0].K
-        (out / "images" / "K.txt").write_text(
-            "\n".join(" ".join(f"{v:.10g}" for v in row) for row in k) + "\n"
-        )
+        write_intrinsics(out / "images" / "K.txt", cameras[0].K)
     else:
         (out / "images" / "K.txt").unlink(missing_ok=True)
     xyz, colours = sample_surface(scene.parts, conf.points, rng)

@@ -17,9 +17,9 @@ import numpy as np
 import pycolmap
 
 from sfmkit.errors import SfmkitError
-from sfmkit.geometry.verify import input_features, read_verified
 from sfmkit.io.h5 import H5Reader
 from sfmkit.io.images import read_image
+from sfmkit.io.matches import input_features, read_verified
 from sfmkit.io.pairs import read_pairs, write_pairs
 from sfmkit.reconstruction.cameras import CameraConf
 from sfmkit.reconstruction.database import create_database, import_matches

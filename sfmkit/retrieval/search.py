@@ -26,9 +26,10 @@ import numpy as np
 
 from sfmkit.errors import SfmkitError
 from sfmkit.io.h5 import H5Reader, item_path
+from sfmkit.models.whitening import Whitening
 from sfmkit.retrieval.aggregation import prmac_distances
 from sfmkit.retrieval.index import build_index, weighted_query_expansion
-from sfmkit.retrieval.whitening import Whitening, learn_whitening
+from sfmkit.retrieval.whitening import learn_whitening
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sfmkit.errors import SfmkitError
-from sfmkit.synth.scene import PinholeCamera
+from sfmkit.synth.cameras import PinholeCamera
 from sfmkit.synth.scenes import SynthScene
 
 LIGHTINGS = ("day", "night")

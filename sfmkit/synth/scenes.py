@@ -8,7 +8,7 @@
 * ``aerial``: a terrain with buildings (hip roofs) and trees, seen as in GL3D's drone
   captures: several altitudes (scales), nadir and oblique views, random headings.
 
-Units are metres; z is up. Cameras are :class:`~sfmkit.synth.scene.PinholeCamera`
+Units are metres; z is up. Cameras are :class:`~sfmkit.synth.cameras.PinholeCamera`
 (cam_from_world, COLMAP's pixel convention). Deterministic for a seed.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import trimesh
 
 from sfmkit.synth import meshes as m
-from sfmkit.synth.scene import PinholeCamera, look_at
+from sfmkit.synth.cameras import PinholeCamera, camera_towards
 
 SCENES = ("orbit", "facade", "aerial")
 
@@ -58,22 +58,6 @@ class SynthScene:
 def _sun(rng: np.random.Generator) -> np.ndarray:
     az, el = rng.uniform(0, 2 * np.pi), np.radians(rng.uniform(35, 65))
     return np.array([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)])
-
-
-def _intrinsics(size: tuple[int, int], focal_factor: float) -> np.ndarray:
-    w, h = size
-    f = focal_factor * max(w, h)
-    return np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
-
-
-def _camera(
-    center: np.ndarray, target: np.ndarray, size: tuple[int, int], focal_factor: float
-) -> PinholeCamera:
-    d = target - center
-    # A camera looking (nearly) straight down takes its image "up" from its heading.
-    up = (0.0, 0.0, 1.0) if abs(d[2]) < 0.98 * np.linalg.norm(d) else (d[0] + 1e-3, d[1] + 1e-3, 0.0)
-    r, t = look_at(center, target, up)
-    return PinholeCamera(_intrinsics(size, focal_factor), r, t, size[0], size[1])
 
 
 # --------------------------------------------------------------------------- orbit
@@ -127,7 +111,7 @@ def orbit_cameras(rng: np.random.Generator, n: int, size: tuple[int, int]) -> li
             [radius * np.cos(a) * np.cos(e), radius * np.sin(a) * np.cos(e), radius * np.sin(e)]
         )
         target = np.array([0.0, 0.0, 0.4]) + rng.normal(0, 0.3, 3) * [1, 1, 0.3]
-        cams.append(_camera(center, target, size, rng.uniform(0.9, 1.3) * radius / 5.5))
+        cams.append(camera_towards(center, target, size, rng.uniform(0.9, 1.3) * radius / 5.5))
     return cams
 
 
@@ -176,7 +160,7 @@ def facade_cameras(rng: np.random.Generator, n: int, size: tuple[int, int]) -> l
         distance = rng.uniform(7.0, 13.0)
         center = np.array([x + rng.uniform(-0.5, 0.5), -0.5 - distance, rng.uniform(1.5, 4.0)])
         target = np.array([x + rng.uniform(-3.0, 3.0), 0.0, rng.uniform(2.0, 5.0)])
-        cams.append(_camera(center, target, size, rng.uniform(0.8, 1.5)))
+        cams.append(camera_towards(center, target, size, rng.uniform(0.8, 1.5)))
     return cams
 
 
@@ -236,7 +220,7 @@ def aerial_cameras(rng: np.random.Generator, n: int, size: tuple[int, int]) -> l
             tilt, heading = np.radians(rng.uniform(30, 55)), rng.uniform(0, 2 * np.pi)
             reach = altitude * np.tan(tilt)
             center = target + np.array([reach * np.cos(heading), reach * np.sin(heading), altitude])
-        cams.append(_camera(center, target, size, rng.uniform(0.8, 1.1)))
+        cams.append(camera_towards(center, target, size, rng.uniform(0.8, 1.1)))
     return cams
 
 

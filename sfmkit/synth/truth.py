@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from sfmkit.synth.cameras import PinholeCamera
 from sfmkit.synth.meshes import Part
-from sfmkit.synth.scene import PinholeCamera
 
 
 def sample_surface(parts: Sequence[Part], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

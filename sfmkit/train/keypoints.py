@@ -19,9 +19,7 @@ antialiasing), triplet margin loss on L2 distances with the hardest negative in 
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.io.patches import PatchSet, read_patches
 from sfmkit.models.keypoints import (
     DESCRIPTOR_INPUT,
     NETWORK_VERSION,
@@ -40,10 +39,7 @@ from sfmkit.models.keypoints import (
     save_network,
     to_input,
 )
-from sfmkit.train.loop import loss_summary, run_training
-from sfmkit.train.patches import PatchSet, read_patches
-from sfmkit.utils.config import conf_to_dict
-from sfmkit.utils.device import resolve_device
+from sfmkit.train.loop import LoopState, model_card, run_training, start_training, write_history
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +168,7 @@ def train_detector(
     command: str = "",
 ) -> dict[str, Any]:
     """Train the detector (resumable) and write ``output``; returns the model card."""
-    start = time.perf_counter()
-    dev = resolve_device(device)
-    torch.manual_seed(conf.seed)
+    start, dev = start_training(conf, device)
     sets = [read_patches(p) for p in patch_files]
     data = DetectorData.from_sets(sets)
     sizes = data.usable_sizes()
@@ -210,11 +204,17 @@ def train_detector(
     state = run_training(
         "train keypoints", net, optimiser, step, conf, patch_files, output, network=NETWORK_VERSION
     )
-    counts = {str(s): int(len(data.positives[s])) for s in PATCH_SIZES}
-    card = _card("detector", command, conf, patch_files, state.history, start, state.step)
-    card["positives_per_size"] = counts
-    card["negatives"] = int(sum(len(v) for v in data.negatives.values()))
-    _write(output, "detector", net, card, state.history)
+    card = model_card(
+        _what("detector"),
+        command,
+        conf,
+        patch_files,
+        state,
+        start,
+        positives_per_size={str(s): int(len(data.positives[s])) for s in PATCH_SIZES},
+        negatives=int(sum(len(v) for v in data.negatives.values())),
+    )
+    _save(output, "detector", net, card, state)
     return card
 
 
@@ -283,9 +283,7 @@ def train_descriptor(
     command: str = "",
 ) -> dict[str, Any]:
     """Train the descriptor (resumable) and write ``output``; returns the model card."""
-    start = time.perf_counter()
-    dev = resolve_device(device)
-    torch.manual_seed(conf.seed)
+    start, dev = start_training(conf, device)
     data = DescriptorData.from_sets([read_patches(p) for p in patch_files])
     if len(data.tracks) < conf.batch:
         raise SfmkitError(
@@ -305,32 +303,27 @@ def train_descriptor(
     state = run_training(
         "train descriptor", net, optimiser, step, conf, patch_files, output, network=NETWORK_VERSION
     )
-    card = _card("descriptor", command, conf, patch_files, state.history, start, state.step)
-    card["points"] = len(data.tracks)
-    card["patches"] = int(len(data.patches))
-    _write(output, "descriptor", net, card, state.history)
+    card = model_card(
+        _what("descriptor"),
+        command,
+        conf,
+        patch_files,
+        state,
+        start,
+        points=len(data.tracks),
+        patches=int(len(data.patches)),
+    )
+    _save(output, "descriptor", net, card, state)
     return card
 
 
 # ---------------------------------------------------------------------------------- shared
 
 
-def _card(
-    kind: str, command: str, conf: Any, files: list[Path], history: list, start: float, steps_done: int
-) -> dict[str, Any]:
-    first, last = loss_summary(history)
-    return {
-        "what": f"sfmkit multiscale-kp {kind} (Altwaijry et al. 2016), trained by sfmkit",
-        "command": command,
-        "conf": conf_to_dict(conf),
-        "steps_done": steps_done,
-        "data": [str(p) for p in files],
-        "loss_first_50": first,
-        "loss_last_50": last,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+def _what(kind: str) -> str:
+    return f"sfmkit multiscale-kp {kind} (Altwaijry et al. 2016), trained by sfmkit"
 
 
-def _write(output: Path, kind: str, net: torch.nn.Module, card: dict[str, Any], history: list) -> None:
+def _save(output: Path, kind: str, net: torch.nn.Module, card: dict[str, Any], state: LoopState) -> None:
     save_network(Path(output), kind, net.cpu(), card)
-    Path(output).with_suffix(".json").write_text(json.dumps({**card, "history": history[-200:]}, indent=1))
+    write_history(output, card, state)

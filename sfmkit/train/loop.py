@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,9 @@ import numpy as np
 import torch
 
 from sfmkit.errors import SfmkitError
-from sfmkit.utils.config import conf_to_json
-from sfmkit.utils.files import torch_save_atomic
+from sfmkit.utils.config import conf_to_dict, conf_to_json
+from sfmkit.utils.device import resolve_device
+from sfmkit.utils.files import torch_save_atomic, write_text_atomic
 from sfmkit.utils.progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -168,3 +171,45 @@ def loss_summary(history: list[dict[str, float]], n: int = 50) -> tuple[float, f
     if not history:
         return float("nan"), float("nan")
     return float(np.mean([h["loss"] for h in history[:n]])), float(np.mean([h["loss"] for h in history[-n:]]))
+
+
+def start_training(conf: Any, device: str) -> tuple[float, torch.device]:
+    """What every trainer does first: note the start time, pick the device and seed torch
+    with ``conf.seed``; returns (start time, device)."""
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    torch.manual_seed(conf.seed)
+    return start, dev
+
+
+def model_card(
+    what: str,
+    command: str,
+    conf: Any,
+    data_files: list[Path],
+    state: LoopState,
+    start: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The model card stored in a trained model file: what it is, the exact command, the
+    config, the steps done, the training data, the loss at the start and the end, the time,
+    and ``extra`` entries of the trainer."""
+    first, last = loss_summary(state.history)
+    return {
+        "what": what,
+        "command": command,
+        "conf": conf_to_dict(conf),
+        "steps_done": state.step,
+        "data": [str(p) for p in data_files],
+        "loss_first_50": first,
+        "loss_last_50": last,
+        "seconds": round(time.perf_counter() - start, 1),
+        **extra,
+    }
+
+
+def write_history(output: Path, card: dict[str, Any], state: LoopState, keep: int = 200) -> Path:
+    """``<output>.json`` beside the model: its card and the last ``keep`` steps of the loss
+    history (plotted by the benchmarks)."""
+    path = Path(output).with_suffix(".json")
+    return write_text_atomic(path, json.dumps({**card, "history": state.history[-keep:]}, indent=1))

@@ -10,19 +10,8 @@ resampled to one size); patches that would leave the image are dropped. Besides 
 random offset, for the detector's shape term) and *negatives* (random positions at least
 ``negative_distance x S`` from every reconstructed keypoint of the image).
 
-Layout of ``patches.h5`` (grayscale, uint8)::
-
-    /images                         (N,) image names
-    /patches/<S>                    (n_S, S, S) uint8, every kind of patch of side S
-    /positives/{track,image,size,index,xy,sigma}
-    /jittered/{image,size,index,xy,offset,source}   offset: keypoint minus patch centre (px);
-                                                   source: row of the positive it copies
-    /negatives/{image,size,index,xy}
-    attrs: stage="patches", schema, config (JSON), model, images, scales (where from), counts
-
-``index`` is the row in ``/patches/<size>``; ``xy`` the patch centre in the COLMAP pixel
-convention (top-left pixel centre at (0.5, 0.5)). The file is written to a temporary name
-and renamed when complete. Split train and test by scene (one file per model).
+The file layout is documented in :mod:`sfmkit.io.patches`; split train and test by scene (one
+file per model).
 """
 
 from __future__ import annotations
@@ -36,24 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pycolmap
 import torch
 from scipy.spatial import cKDTree
-from torch.nn import functional as F
 
 from sfmkit.errors import ConfigError, ImageReadError, SfmkitError
 from sfmkit.io.h5 import H5Reader
 from sfmkit.io.images import read_image
-from sfmkit.models.keypoints import PATCH_SIZES
+from sfmkit.io.patches import KINDS, write_patches
+from sfmkit.models.keypoints import PATCH_SIZES, crop_patches
 from sfmkit.utils.config import conf_to_dict, conf_to_json
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
-
-SCHEMA = 1
-KINDS = ("positives", "jittered", "negatives")
 
 
 @dataclass(frozen=True)
@@ -98,26 +83,6 @@ def discretise_sizes(sides: np.ndarray) -> np.ndarray:
     sizes = np.asarray(PATCH_SIZES, np.float64)
     logs = np.log(np.clip(np.asarray(sides, np.float64), 1e-6, None))
     return np.asarray(PATCH_SIZES)[np.abs(logs[:, None] - np.log(sizes)[None]).argmin(1)]
-
-
-def crop_patches(gray: torch.Tensor, centres: np.ndarray, size: int) -> np.ndarray:
-    """(n, size, size) uint8 crops of a (H, W) float image around sub-pixel ``centres``
-    (0-based pixel coordinates), bilinear, without resizing."""
-    if len(centres) == 0:
-        return np.zeros((0, size, size), np.uint8)
-    h, w = gray.shape
-    offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    out = []
-    for chunk in np.array_split(np.asarray(centres, np.float32), max(1, len(centres) // 256)):
-        c = torch.from_numpy(chunk)
-        xs = c[:, 0, None, None] + offsets[None, None, :]
-        ys = c[:, 1, None, None] + offsets[None, :, None]
-        grid = torch.stack([xs.expand(-1, size, size), ys.expand(-1, size, size)], -1)
-        grid = torch.stack([grid[..., 0] * 2 / (w - 1) - 1, grid[..., 1] * 2 / (h - 1) - 1], -1)
-        src = gray[None, None].expand(len(chunk), 1, h, w)
-        sampled = F.grid_sample(src, grid, mode="bilinear", align_corners=True)
-        out.append(sampled[:, 0].round().clamp(0, 255).to(torch.uint8).numpy())
-    return np.concatenate(out)
 
 
 def _inside(xy0: np.ndarray, sizes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -346,41 +311,30 @@ def build_patches(
                     index=nrows,
                     xy=cand.astype(np.float32),
                 )
-    tmp = output.with_suffix(output.suffix + ".tmp")
     summary = {kind: tables[kind].rows for kind in KINDS}
     arrays = {kind: tables[kind].arrays() if tables[kind].rows else {} for kind in KINDS}
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("images", data=np.array(names, dtype=h5py.string_dtype()))
-        for size in PATCH_SIZES:
-            data = np.concatenate(crops[size]) if crops[size] else np.zeros((0, size, size), np.uint8)
-            f.create_dataset(
-                f"patches/{size}",
-                data=data,
-                chunks=(min(max(len(data), 1), 64), size, size) if len(data) else None,
-                compression="gzip",
-                compression_opts=1,
-            )
-        for kind in KINDS:
-            group = f.create_group(kind)
-            for key, value in arrays[kind].items():
-                group.create_dataset(key, data=value)
-        stats = {
-            **summary,
-            "tracks": int(len(np.unique(arrays["positives"]["track"]))) if summary["positives"] else 0,
-            "per_size": {str(s): int(counts[s]) for s in PATCH_SIZES},
-            "images": len(names) - len(skipped),
-            "skipped_images": skipped,
-        }
-        f.attrs.update(
-            stage="patches",
-            schema=SCHEMA,
-            config=conf_to_json(conf),
-            model=str(model.resolve()),
-            images_dir=str(images.resolve()),
-            scales=scales_source,
-            counts=json.dumps(stats),
-        )
-    tmp.replace(output)
+    stats = {
+        **summary,
+        "tracks": int(len(np.unique(arrays["positives"]["track"]))) if summary["positives"] else 0,
+        "per_size": {str(s): int(counts[s]) for s in PATCH_SIZES},
+        "images": len(names) - len(skipped),
+        "skipped_images": skipped,
+    }
+    patches = {
+        size: np.concatenate(crops[size]) if crops[size] else np.zeros((0, size, size), np.uint8)
+        for size in PATCH_SIZES
+    }
+    write_patches(
+        output,
+        names,
+        patches,
+        arrays,
+        config=conf_to_json(conf),
+        model=str(model.resolve()),
+        images_dir=str(images.resolve()),
+        scales=scales_source,
+        counts=json.dumps(stats),
+    )
     stats["seconds"] = round(time.perf_counter() - start, 2)
     stats["config"] = conf_to_dict(conf)
     logger.info(
@@ -391,51 +345,3 @@ def build_patches(
         summary["negatives"],
     )
     return stats
-
-
-# ---------------------------------------------------------------------------------- read
-
-
-@dataclass
-class PatchSet:
-    """A patches file in memory: patch arrays per size and the three tables."""
-
-    path: Path
-    images: list[str]
-    patches: dict[int, np.ndarray]
-    positives: dict[str, np.ndarray]
-    jittered: dict[str, np.ndarray]
-    negatives: dict[str, np.ndarray]
-    attrs: dict[str, Any]
-
-    def get(self, table: dict[str, np.ndarray], rows: np.ndarray) -> tuple[int, np.ndarray]:
-        """The patches of ``rows`` of ``table`` (all of one size): (size, (n, S, S) uint8)."""
-        sizes = np.unique(table["size"][rows])
-        if len(sizes) != 1:
-            raise ValueError("rows must share one patch size")
-        size = int(sizes[0])
-        return size, self.patches[size][table["index"][rows]]
-
-
-def read_patches(path: Path) -> PatchSet:
-    """Load a file written by :func:`build_patches` (everything in memory)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SfmkitError(f"patches file {path} does not exist; make it with 'sfmkit build-patches'")
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("stage") != "patches":
-                raise SfmkitError(
-                    f"{path} is not an sfmkit patches file (make it with 'sfmkit build-patches')"
-                )
-            if int(f.attrs.get("schema", 0)) != SCHEMA:
-                raise SfmkitError(f"{path} has patches schema {f.attrs.get('schema')}, expected {SCHEMA}")
-            images = [n.decode() if isinstance(n, bytes) else str(n) for n in f["images"][()]]
-            patches = {int(s): f[f"patches/{s}"][()] for s in f["patches"]}
-            tables = {k: {c: f[k][c][()] for c in f[k]} for k in KINDS}
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    except OSError as exc:
-        raise SfmkitError(f"cannot read patches file {path}: {exc}") from exc
-    return PatchSet(
-        path, images, patches, tables["positives"], tables["jittered"], tables["negatives"], attrs
-    )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import sfmkit
+from sfmkit.utils.files import write_text_atomic
 
 
 def _versions() -> dict[str, str]:
@@ -41,11 +42,7 @@ def write_report(out_dir: Path, command: str, **section: Any) -> Path:
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **section,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(report, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:

@@ -24,6 +24,7 @@ import numpy as np
 
 from sfmkit.errors import SfmkitError
 from sfmkit.io.h5 import SCHEMA_VERSION
+from sfmkit.utils.files import atomic_path
 
 
 @dataclass
@@ -39,9 +40,7 @@ class Labels:
 
 
 def write_labels(path: Path, labels: Labels) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:  # a complete file, or none
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["stage"] = "labels"
         for key, value in labels.attrs.items():
@@ -56,7 +55,6 @@ def write_labels(path: Path, labels: Labels) -> None:
         masks = f.create_group("masks")
         for (i, j), mask in sorted(labels.masks.items()):
             masks.require_group(str(i)).create_dataset(str(j), data=mask.astype(bool))
-    tmp.replace(path)  # a complete file, or none
 
 
 def read_labels(path: Path, masks: bool = True) -> Labels:
@@ -84,6 +82,20 @@ def read_labels(path: Path, masks: bool = True) -> Labels:
             read,
             attrs,
         )
+
+
+def image_folder(labels_path: Path, labels: Labels) -> Path:
+    """Where the images of a labels file are."""
+    recorded = labels.attrs.get("images")
+    if recorded and Path(str(recorded)).is_dir():
+        return Path(str(recorded))
+    folder = Path(labels_path).parent / "images"
+    if folder.is_dir():
+        return folder
+    raise SfmkitError(
+        f"cannot find the images of {labels_path}: it records none that exists and there is no "
+        f"{folder}; put the labels file next to its images/ folder"
+    )
 
 
 def write_gl3d_text(folder: Path, labels: Labels) -> list[Path]:

@@ -18,9 +18,7 @@ config and data.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +28,14 @@ import torch
 
 from sfmkit.errors import SfmkitError
 from sfmkit.io.images import read_image
-from sfmkit.labels.io import Labels, read_labels
+from sfmkit.io.labels import Labels, image_folder, read_labels
 from sfmkit.models.retrieval import save_retrieval_model
 from sfmkit.models.vgg import VGG16Trunk
 from sfmkit.models.weights import load_vgg16
 from sfmkit.retrieval.aggregation import mac, masked_mac, regional_mac, rmac_regions
 from sfmkit.retrieval.loss import MaskTripletConf, batched_mask_triplet_loss
 from sfmkit.retrieval.whitening import learn_whitening
-from sfmkit.train.loop import loss_summary, run_training
-from sfmkit.utils.config import conf_to_dict
-from sfmkit.utils.device import resolve_device
+from sfmkit.train.loop import model_card, run_training, start_training, write_history
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
@@ -94,20 +90,6 @@ class Scene:
     labels: Labels
     features: list[list[torch.Tensor]]  # [image][copy] -> (C, h, w) float16
     triplets: list[tuple[int, list[int], list[int]]]  # anchor, strong ids, weak ids
-
-
-def image_folder(labels_path: Path, labels: Labels) -> Path:
-    """Where the images of a labels file are."""
-    recorded = labels.attrs.get("images")
-    if recorded and Path(str(recorded)).is_dir():
-        return Path(str(recorded))
-    folder = Path(labels_path).parent / "images"
-    if folder.is_dir():
-        return folder
-    raise SfmkitError(
-        f"cannot find the images of {labels_path}: it records none that exists and there is no "
-        f"{folder}; put the labels file next to its images/ folder"
-    )
 
 
 def jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -220,9 +202,7 @@ def train_retrieval(
     command: str = "",
 ) -> dict[str, Any]:
     """Train, learn the whitening, write the model file; returns a summary."""
-    start = time.perf_counter()
-    dev = resolve_device(device)
-    torch.manual_seed(conf.seed)
+    start, dev = start_training(conf, device)
     trunk = load_vgg16(conf.base, conv5=True).to(dev)
     trained = list(CONV5[3 - conf.train_layers :])
     trunk.requires_grad_(False)
@@ -244,7 +224,6 @@ def train_retrieval(
         output,
         scheduler=schedule,
     )
-    history = state.history
     trunk.eval()
 
     # whitening on the regional vectors of the training images (originals)
@@ -256,21 +235,18 @@ def train_retrieval(
                 regions = rmac_regions(fmap.shape[2], fmap.shape[3])
                 regional.append(regional_mac(fmap, regions)[0].cpu().numpy())
     whitening = learn_whitening(np.concatenate(regional), conf.whitening_dim)
-    seconds = time.perf_counter() - start
-    first, last = loss_summary(history)
-    card = {
-        "what": "sfmkit retrieval model: VGG16 to conv5_3, last conv5 layers fine-tuned with the "
+    card = model_card(
+        "sfmkit retrieval model: VGG16 to conv5_3, last conv5 layers fine-tuned with the "
         "batched mask triplet loss (GL3D), PCA whitening of regional vectors",
-        "command": command,
-        "base": conf.base,
-        "trained_layers": trained,
-        "conf": conf_to_dict(conf),
-        "data": [str(s.labels_path) for s in scenes],
-        "images": int(sum(len(s.labels.names) for s in scenes)),
-        "loss_first_50": first,
-        "loss_last_50": last,
-        "seconds": round(seconds, 1),
-    }
+        command,
+        conf,
+        [s.labels_path for s in scenes],
+        state,
+        start,
+        base=conf.base,
+        trained_layers=trained,
+        images=int(sum(len(s.labels.names) for s in scenes)),
+    )
     save_retrieval_model(Path(output), trunk.cpu(), conf.base, trained, whitening, card)
-    (Path(output).with_suffix(".json")).write_text(json.dumps({**card, "history": history[-200:]}, indent=1))
+    write_history(output, card, state)
     return card

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pycolmap
 
-from sfmkit.eval.colmap_sift import run_colmap_sift
 from sfmkit.io.images import list_images
+from sfmkit.pipelines.colmap_sift import run_colmap_sift
 from sfmkit.pipelines.reconstruct import ReconstructConf, reconstruct
 
 METHODS = ("sfmkit", "colmap-sift")

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 
 from sfmkit.errors import SfmkitError
+from sfmkit.features.extract import extract_global
+from sfmkit.features.global_descriptors import GlobalConf
 from sfmkit.io.h5 import H5Reader, ItemWriter, json_attr
-from sfmkit.labels.io import read_labels
+from sfmkit.io.labels import image_folder, read_labels
 from sfmkit.models.retrieval import load_retrieval_model, resolve_model_source
-from sfmkit.pipelines.retrieve import extract_global
-from sfmkit.pipelines.train_retrieval import image_folder
-from sfmkit.retrieval.extractor import GlobalConf
 from sfmkit.retrieval.metrics import mean_average_precision
 from sfmkit.retrieval.search import SearchConf, search
 from sfmkit.utils.config import conf_to_json

@@ -41,6 +41,10 @@ class GlobalConf:
     levels: int = 3
 
 
+#: Global-descriptor presets (``sfmkit retrieve``).
+GLOBAL_CONFS: dict[str, GlobalConf] = {"vgg16-conv5": GlobalConf()}
+
+
 class GlobalExtractor:
     """Callable: decoded image -> the datasets of one global-file item."""
 

@@ -29,16 +29,18 @@ import numpy as np
 import pycolmap
 
 from sfmkit.errors import SfmkitError
-from sfmkit.eval.methods import Runner
-from sfmkit.eval.plots import plot_cumulative, plot_isolated
-from sfmkit.eval.poses import Pose, model_poses, pose_errors, read_reference
+from sfmkit.eval.plots import plot_cumulative
+from sfmkit.eval.poses import pose_errors
 from sfmkit.features.extract import extract
 from sfmkit.geometry.verify import verify
 from sfmkit.io.images import list_images
 from sfmkit.io.pairs import exhaustive_pairs, write_pairs
+from sfmkit.io.poses import Pose, model_poses, read_reference
 from sfmkit.matching.match import match
+from sfmkit.pipelines.methods import Runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
 from sfmkit.reconstruction.mapping import map_images
+from sfmkit.utils.plots import plot_isolated
 from sfmkit.utils.timing import StageTimer
 
 logger = logging.getLogger(__name__)

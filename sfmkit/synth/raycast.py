@@ -1,16 +1,33 @@
-"""Procedural textured scenes made of planar rectangles, and camera layouts.
+"""The NumPy ray caster: planar textured rectangles rendered exactly, with no OpenGL.
 
-A scene is a list of textured rectangles (a ground plane, boxes, walls): a mesh whose every
-face is planar, so the ray-casting renderer in :mod:`sfmkit.synth.render` is exact.
+Used by the tests (a small scene whose every pixel is known exactly, rendered on any machine);
+``sfmkit synth`` renders its meshes with pyrender instead (:mod:`sfmkit.synth.gl`).
+
+* :class:`QuadScene` of :class:`TexturedQuad` (a ground plane, a wall, boxes: every face
+  planar, so ray casting is exact), :func:`blocks_scene`;
+* :func:`arc_cameras`: cameras on an arc in front of the scene;
+* :func:`render` (supersampled, Lambertian shading) and :func:`write_dataset` (a Strecha-layout
+  folder: images, ``K.txt`` and ground-truth camera files).
+
 Everything is deterministic for a seed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy.ndimage import gaussian_filter, zoom
+
+from sfmkit.io.intrinsics import write_intrinsics
+from sfmkit.io.strecha import StrechaCamera, write_camera
+from sfmkit.synth.cameras import PinholeCamera, intrinsics, look_at
+from sfmkit.utils.progress import track
+
+SKY = np.array([185.0, 205.0, 230.0])
 
 
 @dataclass(frozen=True)
@@ -35,7 +52,7 @@ class TexturedQuad:
 
 
 @dataclass(frozen=True)
-class Scene:
+class QuadScene:
     """Textured rectangles plus a light direction (unit vector towards the light)."""
 
     quads: list[TexturedQuad]
@@ -97,7 +114,7 @@ def _box(rng: np.random.Generator, corner: np.ndarray, size: np.ndarray, tex: in
     return [TexturedQuad(fo, fu, fv, procedural_texture(rng, tex)) for fo, fu, fv in faces]
 
 
-def blocks_scene(seed: int = 0, n_boxes: int = 5, texture_size: int = 256) -> Scene:
+def blocks_scene(seed: int = 0, n_boxes: int = 5, texture_size: int = 256) -> QuadScene:
     """A textured ground plane (about 4 x 4 units), a back wall and ``n_boxes`` boxes."""
     rng = np.random.default_rng(seed)
     quads = [
@@ -122,38 +139,10 @@ def blocks_scene(seed: int = 0, n_boxes: int = 5, texture_size: int = 256) -> Sc
             placed.append((cx, cy, r))
             size = np.array([2 * r, rng.uniform(1.4, 2.0) * r, rng.uniform(0.4, 1.1)])
             quads += _box(rng, np.array([cx - r, cy - size[1] / 2, 0.0]), size, texture_size)
-    return Scene(quads)
+    return QuadScene(quads)
 
 
-@dataclass(frozen=True)
-class PinholeCamera:
-    """``x_cam = R x_world + t`` (cam_from_world); K (3, 3); image (width, height)."""
-
-    K: np.ndarray
-    R: np.ndarray
-    t: np.ndarray
-    width: int
-    height: int
-
-    @property
-    def center(self) -> np.ndarray:
-        return -self.R.T @ self.t
-
-
-def look_at(
-    center: np.ndarray, target: np.ndarray, up: tuple[float, float, float] = (0.0, 0.0, 1.0)
-) -> tuple[np.ndarray, np.ndarray]:
-    """cam_from_world (R, t) of a camera at ``center`` looking at ``target`` (x right, y down)."""
-    z = target - center
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, np.asarray(up, np.float64))
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    r = np.stack([x, y, z])
-    return r, -r @ center
-
-
-def orbit_cameras(
+def arc_cameras(
     n: int,
     size: tuple[int, int] = (480, 360),
     radius: float = 4.5,
@@ -167,8 +156,7 @@ def orbit_cameras(
     rng = np.random.default_rng(seed)
     aim = np.asarray(target, np.float64)
     width, height = size
-    f = focal_factor * max(width, height)
-    k = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    k = intrinsics(size, focal_factor)
     cams = []
     for i, azimuth in enumerate(np.linspace(-arc_deg / 2, arc_deg / 2, n)):
         a = np.radians(azimuth + rng.uniform(-2, 2))
@@ -178,3 +166,103 @@ def orbit_cameras(
         r, t = look_at(center, aim + rng.normal(0, 0.08, 3))
         cams.append(PinholeCamera(k, r, t, width, height))
     return cams
+
+
+def _bilinear(texture: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    h, w = texture.shape[:2]
+    x = np.clip(a * (w - 1), 0, w - 1)
+    y = np.clip(b * (h - 1), 0, h - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    t = texture.astype(np.float64)
+    top = t[y0, x0] * (1 - fx) + t[y0, x1] * fx
+    bottom = t[y1, x0] * (1 - fx) + t[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _screen_window(
+    quad: TexturedQuad, camera: PinholeCamera, s: int, w: int, h: int
+) -> tuple[int, int, int, int] | None:
+    """Rows/cols (r0, r1, c0, c1) of the supersampled image the quad can cover."""
+    cam = quad.corners @ camera.R.T + camera.t
+    if np.all(cam[:, 2] <= 1e-6):
+        return None
+    if np.any(cam[:, 2] <= 1e-6):
+        return 0, h, 0, w  # crosses the camera plane: test every pixel
+    uv = cam @ camera.K.T
+    uv = uv[:, :2] / uv[:, 2:3] * s
+    c0, r0 = np.floor(uv.min(0)).astype(int) - 1
+    c1, r1 = np.ceil(uv.max(0)).astype(int) + 1
+    r0, r1, c0, c1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+    if r0 >= r1 or c0 >= c1:
+        return None
+    return r0, r1, c0, c1
+
+
+def render(scene: QuadScene, camera: PinholeCamera, supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Render ``scene`` from ``camera``.
+
+    Pixel (row i, col j) integrates the scene over ``[j, j+1] x [i, i+1]`` in COLMAP's pixel
+    convention (``supersample``^2 rays per pixel).
+
+    Returns:
+        (H, W, 3) uint8 image and (H, W) float32 depth (z in the camera frame, inf = sky).
+    """
+    s = supersample
+    w, h = camera.width * s, camera.height * s
+    xs = (np.arange(w) + 0.5) / s
+    ys = (np.arange(h) + 0.5) / s
+    k_inv = np.linalg.inv(camera.K)
+    origin = camera.center
+    best_t = np.full((h, w), np.inf)
+    colour = np.tile(SKY, (h, w, 1))
+    for quad in scene.quads:
+        window = _screen_window(quad, camera, s, w, h)
+        if window is None:
+            continue
+        r0, r1, c0, c1 = window
+        px, py = np.meshgrid(xs[c0:c1], ys[r0:r1])
+        pixels = np.stack([px, py, np.ones_like(px)], axis=-1)
+        rays = pixels @ (camera.R.T @ k_inv).T  # world directions with camera z = 1
+        n = np.cross(quad.u, quad.v)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = ((quad.origin - origin) @ n) / (rays @ n)
+        p = origin + t[..., None] * rays - quad.origin
+        a = p @ quad.u / (quad.u @ quad.u)
+        b = p @ quad.v / (quad.v @ quad.v)
+        sub_t = best_t[r0:r1, c0:c1]
+        hit = (t > 1e-6) & (t < sub_t) & (a >= 0) & (a <= 1) & (b >= 0) & (b <= 1)
+        if not hit.any():
+            continue
+        sub_t[hit] = t[hit]
+        normal = quad.normal if (origin - quad.origin) @ quad.normal > 0 else -quad.normal
+        shade = 0.55 + 0.45 * max(0.0, float(normal @ scene.light))
+        colour[r0:r1, c0:c1][hit] = _bilinear(quad.texture, a[hit], b[hit]) * shade
+    depth = best_t  # rays have camera-frame z = 1, so the ray parameter is the depth
+    image = colour
+    if s > 1:
+        image = image.reshape(camera.height, s, camera.width, s, 3).mean(axis=(1, 3))
+        depth = depth[s // 2 :: s, s // 2 :: s]
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), depth.astype(np.float32)
+
+
+def write_dataset(
+    out: Path, scene: QuadScene, cameras: Sequence[PinholeCamera], supersample: int = 2
+) -> list[str]:
+    """Render every camera; returns the image names."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "gt_dense_cameras").mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, cam in enumerate(track(cameras, "render")):
+        name = f"{i:04d}.png"
+        image, _ = render(scene, cam, supersample)
+        Image.fromarray(image).save(out / "images" / name)
+        write_camera(
+            out / "gt_dense_cameras" / f"{name}.camera",
+            StrechaCamera(K=cam.K, R_c2w=cam.R.T, C=cam.center, size=(cam.width, cam.height)),
+        )
+        names.append(name)
+    write_intrinsics(out / "images" / "K.txt", cameras[0].K)
+    return names
