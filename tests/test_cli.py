@@ -5,15 +5,6 @@ import os
 import pytest
 from helpers import textured_image
 from PIL import Image
-from typer.testing import CliRunner
-
-from sfmkit.cli.main import app
-
-runner = CliRunner()
-
-
-def run(*args: str):
-    return runner.invoke(app, ["--no-progress", *args])
 
 
 def assert_clean_error(result, *needles: str) -> None:
@@ -24,47 +15,47 @@ def assert_clean_error(result, *needles: str) -> None:
         assert needle in result.output, result.output
 
 
-def test_missing_and_empty_image_folders(tmp_path):
-    assert_clean_error(run("extract", str(tmp_path / "nope"), "-o", str(tmp_path / "o")), "does not exist")
+def test_missing_and_empty_image_folders(cli, tmp_path):
+    assert_clean_error(cli("extract", str(tmp_path / "nope"), "-o", str(tmp_path / "o")), "does not exist")
     (tmp_path / "empty").mkdir()
     assert_clean_error(
-        run("reconstruct", str(tmp_path / "empty"), "-o", str(tmp_path / "o")), "no images found"
+        cli("reconstruct", str(tmp_path / "empty"), "-o", str(tmp_path / "o")), "no images found"
     )
 
 
-def test_unwritable_output_folder(image_folder, tmp_path):
+def test_unwritable_output_folder(cli, image_folder, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    result = run("extract", str(image_folder), "-o", str(blocker / "out"), "--weights", "random")
+    result = cli("extract", str(image_folder), "-o", str(blocker / "out"), "--weights", "random")
     assert_clean_error(result, "cannot create output folder")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
-def test_read_only_output_folder(image_folder, tmp_path):
+def test_read_only_output_folder(cli, image_folder, tmp_path):
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(0o500)
     try:
         assert_clean_error(
-            run("extract", str(image_folder), "-o", str(out), "--weights", "random"), "not writable"
+            cli("extract", str(image_folder), "-o", str(out), "--weights", "random"), "not writable"
         )
     finally:
         out.chmod(0o700)
 
 
-def test_bad_options_and_files(image_folder, tmp_path):
+def test_bad_options_and_files(cli, image_folder, tmp_path):
     assert_clean_error(
-        run("extract", str(image_folder), "-o", str(tmp_path), "--weights", "nonsense"), "unknown --weights"
+        cli("extract", str(image_folder), "-o", str(tmp_path), "--weights", "nonsense"), "unknown --weights"
     )
-    assert_clean_error(run("match", str(tmp_path / "none.h5")), "does not exist")
+    assert_clean_error(cli("match", str(tmp_path / "none.h5")), "does not exist")
     assert_clean_error(
-        run("extract", str(image_folder), "-o", str(tmp_path), "--features", "sift", "--weights", "random"),
+        cli("extract", str(image_folder), "-o", str(tmp_path), "--features", "sift", "--weights", "random"),
         "--weights applies",
     )
     bad_k = tmp_path / "K.txt"
     bad_k.write_text("1 2 3")
     (tmp_path / "f.h5").write_bytes(b"")
-    result = run(
+    result = cli(
         "reconstruct",
         str(image_folder),
         "-o",
@@ -77,7 +68,7 @@ def test_bad_options_and_files(image_folder, tmp_path):
     assert_clean_error(result, "K.txt")
 
 
-def test_output_made_with_another_config_needs_overwrite(image_folder, tmp_path):
+def test_output_made_with_another_config_needs_overwrite(cli, image_folder, tmp_path):
     import h5py
 
     args = [
@@ -90,15 +81,15 @@ def test_output_made_with_another_config_needs_overwrite(image_folder, tmp_path)
         "--max-size",
         "128",
     ]
-    assert run(*args).exit_code == 0
+    assert cli(*args).exit_code == 0
     path = next((tmp_path / "o").glob("features-dense-vgg16-*.h5"))
     with h5py.File(path, "a") as f:  # as if made by another version of the preset
         f.attrs["config"] = '{"name": "dense-vgg16", "max_size": 7}'
-    assert_clean_error(run(*args), "another configuration", "--overwrite")
-    assert run(*args, "--overwrite").exit_code == 0
+    assert_clean_error(cli(*args), "another configuration", "--overwrite")
+    assert cli(*args, "--overwrite").exit_code == 0
 
 
-def test_grayscale_cmyk_16bit_and_corrupt_images_in_one_folder(tmp_path):
+def test_grayscale_cmyk_16bit_and_corrupt_images_in_one_folder(cli, tmp_path):
     import numpy as np
 
     folder = tmp_path / "mixed"
@@ -109,11 +100,11 @@ def test_grayscale_cmyk_16bit_and_corrupt_images_in_one_folder(tmp_path):
     Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(folder / "deep.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (folder / "readme.txt").write_text("not an image")
-    result = run("extract", str(folder), "-o", str(tmp_path / "o"), "--weights", "random")
+    result = cli("extract", str(folder), "-o", str(tmp_path / "o"), "--weights", "random")
     assert result.exit_code == 0, result.output
     assert "images skipped" in result.output and "broken.jpg" in result.output
 
 
-def test_version():
-    result = runner.invoke(app, ["--version"])
+def test_version(cli):
+    result = cli("--version")
     assert result.exit_code == 0 and "sfmkit" in result.output

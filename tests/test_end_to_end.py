@@ -4,20 +4,20 @@ import json
 import shutil
 
 import pycolmap
-from typer.testing import CliRunner
+import pytest
 
-from sfmkit.cli.main import app
 from sfmkit.eval.poses import pose_errors
 from sfmkit.io.poses import model_poses
 from sfmkit.io.strecha import read_scene
 
-runner = CliRunner()
 
-
-def test_reconstruct_rendered_scene_registers_all_and_is_accurate(rendered_scene, tmp_path):
-    scene_dir, scene = rendered_scene
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["--no-progress", "reconstruct", str(scene_dir / "images"), "-o", str(out)])
+def test_reconstruct_rendered_scene_registers_all_and_is_accurate(reconstructed_scene):
+    scene_dir, scene, out, result = (
+        reconstructed_scene.scene_dir,
+        reconstructed_scene.scene,
+        reconstructed_scene.out,
+        reconstructed_scene.result,
+    )
     assert result.exit_code == 0, result.output
     assert "images registered" in result.output
 
@@ -37,7 +37,7 @@ def test_reconstruct_rendered_scene_registers_all_and_is_accurate(rendered_scene
     assert section["config"]["features"]["name"] == "dense-vgg16"
 
 
-def test_stage_commands_chain_like_reconstruct(rendered_scene, tmp_path):
+def test_stage_commands_chain_like_reconstruct(cli, rendered_scene, tmp_path):
     """Each stage command in turn; image names with spaces and sub-folders."""
     scene_dir, _ = rendered_scene
     folder = tmp_path / "my images"
@@ -47,33 +47,25 @@ def test_stage_commands_chain_like_reconstruct(rendered_scene, tmp_path):
         shutil.copy(src, dst)
     images = str(folder)
     out = tmp_path / "stages"
-    r = runner.invoke(app, ["--no-progress", "extract", images, "-o", str(out)])
+    r = cli("extract", images, "-o", str(out))
     assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app, ["--no-progress", "match", str(out / "features-dense-vgg16.h5"), "--pairs", "sequential:3"]
-    )
+    r = cli("match", str(out / "features-dense-vgg16.h5"), "--pairs", "sequential:3")
     assert r.exit_code == 0, r.output
     matches = out / "matches-dense-vgg16_mnn-c2f.h5"
     pairs = out / "pairs-sequential3.txt"
-    r = runner.invoke(
-        app, ["--no-progress", "verify", str(matches), "--pairs", str(pairs), "--best-pairs", "3"]
-    )
+    r = cli("verify", str(matches), "--pairs", str(pairs), "--best-pairs", "3")
     assert r.exit_code == 0, r.output
     verified = next(out.glob("verified-*.h5"))
-    r = runner.invoke(
-        app,
-        [
-            "--no-progress",
-            "map",
-            images,
-            str(verified),
-            "--pairs",
-            str(pairs),
-            "-o",
-            str(out / "sfm"),
-            "--intrinsics",
-            str(scene_dir / "images" / "K.txt"),
-        ],
+    r = cli(
+        "map",
+        images,
+        str(verified),
+        "--pairs",
+        str(pairs),
+        "-o",
+        str(out / "sfm"),
+        "--intrinsics",
+        str(scene_dir / "images" / "K.txt"),
     )
     assert r.exit_code == 0, r.output
     rec = pycolmap.Reconstruction(out / "sfm")
@@ -87,7 +79,8 @@ def test_stage_commands_chain_like_reconstruct(rendered_scene, tmp_path):
     assert {"extract", "match", "verify"} <= set(report)
 
 
-def test_reconstruct_with_retrieval_pairs(rendered_scene, tmp_path):
+@pytest.mark.slow
+def test_reconstruct_with_retrieval_pairs(cli, rendered_scene, tmp_path):
     """--pairs retrieval:K matches only each image's K nearest images and still registers all."""
     scene_dir, _ = rendered_scene
     out = tmp_path / "out"
@@ -100,12 +93,12 @@ def test_reconstruct_with_retrieval_pairs(rendered_scene, tmp_path):
         "--pairs",
         "retrieval:3",
     ]
-    result = runner.invoke(app, args)
+    result = cli(*args)
     assert result.exit_code == 0, result.output
     pairs = (out / "pairs-retrieval-prmac-k3.txt").read_text().split("\n")
     assert 12 <= len([p for p in pairs if p]) < 28  # 8 images x 3 neighbours, each pair once; exhaustive: 28
     section = json.loads((out / "report.json").read_text())["reconstruct"]
     assert section["reconstruction"]["registered"] == 8
     assert "retrieve" in section["timings"] and section["counts"]["retrieve"]["pairs"] < 28
-    bad = runner.invoke(app, [*args[:-1], "retrieval:x"])
+    bad = cli(*args[:-1], "retrieval:x")
     assert bad.exit_code == 2 and "retrieval:K" in bad.output

@@ -46,7 +46,7 @@ def test_bundled_example_ground_truth_is_consistent():
         assert cam.size == (768, 512)
 
 
-@pytest.mark.skipif(not (SHARED / "datasets" / "strecha").is_dir(), reason="../shared datasets absent")
+@pytest.mark.shared
 def test_shared_strecha_scenes_parse():
     for scene in ("fountain-P11", "Herz-Jesus-P8"):
         cams = read_scene(SHARED / "datasets" / "strecha" / scene)

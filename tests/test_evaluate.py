@@ -6,15 +6,11 @@ import shutil
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
-from typer.testing import CliRunner
 
-from sfmkit.cli.main import app
 from sfmkit.eval.aachen import Subset, load_subsets, score_queries, summarize
 from sfmkit.io.poses import Pose, read_pose_file
 from sfmkit.io.strecha import read_scene
 from sfmkit.pipelines.make_night import NIGHT_PREFIX, make_night
-
-runner = CliRunner()
 
 
 class FakeModel:
@@ -75,7 +71,8 @@ def test_score_queries_aligns_on_day_images_only():
     assert summary["within_v1.1"]["0.25m,2.0deg"] == 0.0
 
 
-def test_make_night_layout_and_protocol_on_a_rendered_scene(rendered_scene, tmp_path):
+@pytest.mark.slow
+def test_make_night_layout_and_protocol_on_a_rendered_scene(cli, rendered_scene, tmp_path):
     scene_dir, _ = rendered_scene
     out = tmp_path / "subsets"
     subsets = make_night(scene_dir, out, seed=3, strength=0.5, max_size=480)
@@ -99,10 +96,7 @@ def test_make_night_layout_and_protocol_on_a_rendered_scene(rendered_scene, tmp_
     for extra in subsets[2:]:
         shutil.rmtree(extra)
     assert [s.name for s in load_subsets(out)] == ["0000", "0001"]
-    result = runner.invoke(
-        app,
-        ["--no-progress", "evaluate", "aachen", str(out), "-o", str(tmp_path / "eval"), "--method", "sfmkit"],
-    )
+    result = cli("evaluate", "aachen", str(out), "-o", str(tmp_path / "eval"), "--method", "sfmkit")
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "eval" / "results.json").read_text())
     summary = data["methods"]["sfmkit"]["summary"]
@@ -111,34 +105,22 @@ def test_make_night_layout_and_protocol_on_a_rendered_scene(rendered_scene, tmp_
     assert (tmp_path / "eval" / "curves.png").stat().st_size > 1000
 
 
-def test_evaluate_strecha_scores_a_given_model(rendered_scene, tmp_path):
-    scene_dir, _ = rendered_scene
-    out = tmp_path / "rec"
-    assert (
-        runner.invoke(
-            app, ["--no-progress", "reconstruct", str(scene_dir / "images"), "-o", str(out)]
-        ).exit_code
-        == 0
-    )
-    result = runner.invoke(
-        app,
-        [
-            "--no-progress",
-            "evaluate",
-            "strecha",
-            str(scene_dir),
-            "--model",
-            str(out / "sfm"),
-            "-o",
-            str(tmp_path / "ev"),
-        ],
+def test_evaluate_strecha_scores_a_given_model(cli, reconstructed_scene, tmp_path):
+    scene_dir, out = reconstructed_scene.scene_dir, reconstructed_scene.out
+    assert reconstructed_scene.result.exit_code == 0
+    result = cli(
+        "evaluate",
+        "strecha",
+        str(scene_dir),
+        "--model",
+        str(out / "sfm"),
+        "-o",
+        str(tmp_path / "ev"),
     )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "ev" / "results.json").read_text())["rows"]
     assert rows[0]["registered"] == 8 and rows[0]["position_m"]["max"] < 0.06
     assert set(rows[0]["cameras"]) == {f"{i:04d}.png" for i in range(8)}
     assert (tmp_path / "ev" / f"{scene_dir.name}.png").stat().st_size > 1000
-    bad = runner.invoke(
-        app, ["--no-progress", "evaluate", "strecha", str(tmp_path), "-o", str(tmp_path / "x")]
-    )
+    bad = cli("evaluate", "strecha", str(tmp_path), "-o", str(tmp_path / "x"))
     assert bad.exit_code == 2 and "not a Strecha scene" in bad.output

@@ -98,6 +98,7 @@ def test_interrupted_run_resumes_without_redoing_images(image_folder, tmp_path, 
     assert run == {**run, "computed": 2, "reused": 2}
 
 
+@pytest.mark.slow
 def test_killed_process_resumes(tmp_path):
     """SIGKILL during extraction, then the same command finishes only the rest."""
     folder = tmp_path / "images"

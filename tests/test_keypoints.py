@@ -10,9 +10,7 @@ import numpy as np
 import pycolmap
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from sfmkit.cli.main import app
 from sfmkit.errors import ConfigError
 from sfmkit.eval.patches import average_precision, retrieval_accuracy
 from sfmkit.features.multiscale_kp import MultiscaleKPConf, MultiscaleKPExtractor, detect, shifted_score_maps
@@ -28,13 +26,6 @@ from sfmkit.models.keypoints import (
 )
 from sfmkit.train.keypoints import detector_loss, hardest_triplet_loss, shape_target
 from sfmkit.train.patches import discretise_sizes
-
-runner = CliRunner()
-
-
-def cli(*args: object):
-    """Run ``sfmkit --no-progress ARGS`` (paths and numbers as strings)."""
-    return runner.invoke(app, ["--no-progress", *(str(a) for a in args)])
 
 
 def test_every_branch_ends_in_two_by_two_scores():
@@ -183,7 +174,8 @@ def test_small_images_are_upsampled_and_keypoints_map_back():
         MultiscaleKPConf(min_size=3000)
 
 
-def test_patches_training_evaluation_and_reconstruction(rendered_scene, tmp_path):
+@pytest.mark.slow
+def test_patches_training_evaluation_and_reconstruction(cli, rendered_scene, tmp_path):
     """build-patches on a SIFT model of a rendered scene, a few training steps (resumed),
     evaluate patches and reconstruct --features multiscale-kp with the shipped weights."""
     scene_dir, _ = rendered_scene
@@ -255,7 +247,7 @@ def test_patches_training_evaluation_and_reconstruction(rendered_scene, tmp_path
     assert report["config"]["matcher"]["name"] == "mnn"
 
 
-def test_build_patches_errors(tmp_path):
+def test_build_patches_errors(cli, tmp_path):
     r = cli("build-patches", tmp_path / "nope", tmp_path, "-o", tmp_path / "p.h5")
     assert r.exit_code == 2 and "nope" in r.output
     bad = tmp_path / "bad.h5"

@@ -7,16 +7,12 @@ import json
 import numpy as np
 import pytest
 import trimesh
-from typer.testing import CliRunner
 
-from sfmkit.cli.main import app
 from sfmkit.io.labels import read_labels
 from sfmkit.labels import overlap
 from sfmkit.pipelines.build_gl3d_labels import LabelsConf, build_gl3d_labels
 from sfmkit.synth.cameras import PinholeCamera
 from sfmkit.synth.truth import truth_model, write_model
-
-runner = CliRunner()
 
 F, W, H, ALT = 100.0, 200, 100, 10.0  # nadir cameras: footprint 20 m x 10 m at 10 m
 NADIR = np.diag([1.0, -1.0, -1.0])  # x right, y down in the image = -y in the world, looking down
@@ -121,26 +117,20 @@ def test_combined_label_and_positive_intervals():
     assert weak == {(0, 3), (1, 2)}  # 0.05 and 0.2 are weak
 
 
-def test_labels_from_a_rendered_scene_cli(tmp_path):
+def test_labels_from_a_rendered_scene_cli(cli, tmp_path):
     """Exact mesh vs --mesh-from-model on a rendered scene; CT from the true tracks agrees with MO."""
     scene = tmp_path / "scene"
-    r = runner.invoke(
-        app, ["--no-progress", "synth", str(scene), "-n", "5", "--size", "160x120", "--points", "8000"]
-    )
+    r = cli("synth", str(scene), "-n", "5", "--size", "160x120", "--points", "8000")
     assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "--no-progress",
-            "build-gl3d-labels",
-            str(scene / "model"),
-            "--mesh",
-            str(scene / "mesh.ply"),
-            "-o",
-            str(tmp_path / "exact.h5"),
-            "--gl3d-text",
-            str(tmp_path / "gl3d"),
-        ],
+    r = cli(
+        "build-gl3d-labels",
+        str(scene / "model"),
+        "--mesh",
+        str(scene / "mesh.ply"),
+        "-o",
+        str(tmp_path / "exact.h5"),
+        "--gl3d-text",
+        str(tmp_path / "gl3d"),
     )
     assert r.exit_code == 0, r.output
     exact = read_labels(tmp_path / "exact.h5")
@@ -154,20 +144,16 @@ def test_labels_from_a_rendered_scene_cli(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["build-gl3d-labels"]["counts"]["images"] == 5
 
-    r = runner.invoke(
-        app,
-        [
-            "--no-progress",
-            "build-gl3d-labels",
-            str(scene / "model"),
-            "--mesh-from-model",
-            "--poisson-depth",
-            "8",
-            "-o",
-            str(tmp_path / "poisson.h5"),
-            "--plot-pairs",
-            "0",
-        ],
+    r = cli(
+        "build-gl3d-labels",
+        str(scene / "model"),
+        "--mesh-from-model",
+        "--poisson-depth",
+        "8",
+        "-o",
+        str(tmp_path / "poisson.h5"),
+        "--plot-pairs",
+        "0",
     )
     assert r.exit_code == 0, r.output
     poisson = read_labels(tmp_path / "poisson.h5", masks=False)
@@ -178,21 +164,15 @@ def test_labels_from_a_rendered_scene_cli(tmp_path):
     assert np.corrcoef(poisson.mesh[off], exact.mesh[off])[0, 1] > 0.8
 
 
-def test_labels_need_a_surface(tmp_path, plane_scene):
-    r = runner.invoke(
-        app, ["--no-progress", "build-gl3d-labels", str(plane_scene / "model"), "-o", str(tmp_path / "x.h5")]
-    )
+def test_labels_need_a_surface(cli, tmp_path, plane_scene):
+    r = cli("build-gl3d-labels", str(plane_scene / "model"), "-o", str(tmp_path / "x.h5"))
     assert r.exit_code == 2 and "--mesh-from-model" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "--no-progress",
-            "build-gl3d-labels",
-            str(tmp_path),
-            "--mesh",
-            "m.ply",
-            "-o",
-            str(tmp_path / "x.h5"),
-        ],
+    r = cli(
+        "build-gl3d-labels",
+        str(tmp_path),
+        "--mesh",
+        "m.ply",
+        "-o",
+        str(tmp_path / "x.h5"),
     )
     assert r.exit_code == 2 and "not a COLMAP model" in r.output

@@ -8,17 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from sfmkit.cli.main import app
 from sfmkit.io.h5 import ItemWriter
 from sfmkit.io.pairs import read_pairs
 from sfmkit.models.retrieval import load_retrieval_model
 from sfmkit.models.weights import load_vgg16
 from sfmkit.retrieval.loss import MaskTripletConf, batched_mask_triplet_loss
 from sfmkit.retrieval.search import SearchConf, search
-
-runner = CliRunner()
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -107,33 +103,29 @@ def test_search_learns_a_database_whitening(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_scenes(tmp_path_factory):
+def tiny_scenes(cli, tmp_path_factory):
     """Two rendered scenes of 6 images with GL3D labels next to their images."""
     root = tmp_path_factory.mktemp("scenes")
     for kind, seed in (("orbit", 1), ("facade", 3)):
         out = root / kind
-        args = ["--no-progress", "synth", str(out), "--scene", kind, "-n", "8", "--size", "128x96"]
-        assert runner.invoke(app, [*args, "--seed", str(seed)]).exit_code == 0
-        r = runner.invoke(
-            app,
-            [
-                "--no-progress",
-                "build-gl3d-labels",
-                str(out / "model"),
-                "--mesh",
-                str(out / "mesh.ply"),
-                "-o",
-                str(out / "labels.h5"),
-            ],
+        args = ["synth", str(out), "--scene", kind, "-n", "8", "--size", "128x96"]
+        assert cli(*args, "--seed", str(seed)).exit_code == 0
+        r = cli(
+            "build-gl3d-labels",
+            str(out / "model"),
+            "--mesh",
+            str(out / "mesh.ply"),
+            "-o",
+            str(out / "labels.h5"),
         )
         assert r.exit_code == 0, r.output
     return root
 
 
-def test_retrieve_command_writes_global_file_and_pairs(tiny_scenes, tmp_path):
+def test_retrieve_command_writes_global_file_and_pairs(cli, tiny_scenes, tmp_path):
     images = tiny_scenes / "orbit" / "images"
-    args = ["--no-progress", "retrieve", str(images), "-o", str(tmp_path), "-k", "2", "--model", "random"]
-    r = runner.invoke(app, [*args, "--size", "96", "--whitening", "none"])
+    args = ["retrieve", str(images), "-o", str(tmp_path), "-k", "2", "--model", "random"]
+    r = cli(*args, "--size", "96", "--whitening", "none")
     assert r.exit_code == 0, r.output
     pairs = read_pairs(tmp_path / "pairs-retrieval-prmac-k2.txt")
     assert 6 <= len(pairs) <= 12
@@ -147,12 +139,12 @@ def test_retrieve_command_writes_global_file_and_pairs(tiny_scenes, tmp_path):
     assert report["retrieve"]["counts"]["pairs"] == len(pairs)
 
 
-def test_train_resume_and_evaluate_retrieval(tiny_scenes, tmp_path):
+def test_train_resume_and_evaluate_retrieval(cli, tiny_scenes, tmp_path):
     labels = [str(tiny_scenes / k / "labels.h5") for k in ("orbit", "facade")]
     model = tmp_path / "m.pt"
-    base = ["--no-progress", "train", "retrieval", "--labels", *labels, "-o", str(model)]
+    base = ["train", "retrieval", "--labels", *labels, "-o", str(model)]
     opts = ["--size", "96", "--base", "random", "--columns", "2", "--jitter-copies", "0"]
-    r = runner.invoke(app, [*base, *opts, "--steps", "3"])
+    r = cli(*base, *opts, "--steps", "3")
     assert r.exit_code == 0, r.output
     loaded = load_retrieval_model(str(model))
     assert loaded.whitening is not None and loaded.card["trained_layers"] == ["conv5_3"]
@@ -163,15 +155,15 @@ def test_train_resume_and_evaluate_retrieval(tiny_scenes, tmp_path):
     assert model.stat().st_size < 6e6  # only conv5_3 (float16) and the whitening are stored
     first = json.loads(model.with_suffix(".json").read_text())["history"]
     # resume: the checkpoint at step 3 is reused, two more steps run
-    r = runner.invoke(app, [*base, *opts, "--steps", "5"])
+    r = cli(*base, *opts, "--steps", "5")
     assert r.exit_code == 0, r.output
     assert "resuming" in r.output
     history = json.loads(model.with_suffix(".json").read_text())["history"]
     assert len(history) == 5 and history[:3] == first
 
     out = tmp_path / "eval"
-    args = ["--no-progress", "evaluate", "retrieval", "--labels", *labels, "-o", str(out), "--size", "96"]
-    r = runner.invoke(app, [*args, "--model", "random", "--model", str(model), "--k", "5"])
+    args = ["evaluate", "retrieval", "--labels", *labels, "-o", str(out), "--size", "96"]
+    r = cli(*args, "--model", "random", "--model", str(model), "--k", "5")
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
     assert results["images"] == 16 and len(results["methods"]) == 6
@@ -179,12 +171,12 @@ def test_train_resume_and_evaluate_retrieval(tiny_scenes, tmp_path):
         assert 0.0 <= m["mAP@5"] <= 100.0
 
 
-def test_bad_retrieval_model_is_a_clear_error(tiny_scenes, tmp_path):
+def test_bad_retrieval_model_is_a_clear_error(cli, tiny_scenes, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a model")
     images = str(tiny_scenes / "orbit" / "images")
     for model, message in (
         (tmp_path / "bad.pt", "cannot read retrieval model"),
         ("nope", "unknown retrieval model"),
     ):
-        r = runner.invoke(app, ["retrieve", images, "-o", str(tmp_path / "o"), "--model", str(model)])
+        r = cli("retrieve", images, "-o", str(tmp_path / "o"), "--model", str(model))
         assert r.exit_code == 2 and message in r.output, r.output

@@ -8,9 +8,7 @@ import json
 import numpy as np
 import pycolmap
 import pytest
-from typer.testing import CliRunner
 
-from sfmkit.cli.main import app
 from sfmkit.io.strecha import read_scene
 from sfmkit.pipelines.synth import SynthConf, synthesize
 from sfmkit.synth.cameras import PinholeCamera, look_at
@@ -18,8 +16,6 @@ from sfmkit.synth.gl import Renderer
 from sfmkit.synth.meshes import Part
 from sfmkit.synth.scenes import SynthScene
 from sfmkit.synth.truth import project
-
-runner = CliRunner()
 
 
 def _digest(folder) -> dict[str, str]:
@@ -81,6 +77,7 @@ def test_synth_is_deterministic_and_exports_exact_truth(tmp_path):
     assert (tmp_path / "a" / "mesh.ply").stat().st_size > 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["facade", "aerial"])
 def test_other_scenes_render(tmp_path, kind):
     result = synthesize(SynthConf(scene=kind, n_images=3, size=(96, 72), points=5000), tmp_path)
@@ -89,24 +86,20 @@ def test_other_scenes_render(tmp_path, kind):
     assert rec.num_points3D() > 30  # neighbouring views see common surface
 
 
-def test_synth_cli_day_and_night(tmp_path):
+def test_synth_cli_day_and_night(cli, tmp_path):
     out = tmp_path / "scene"
-    r = runner.invoke(
-        app,
-        [
-            "--no-progress",
-            "synth",
-            str(out),
-            "--scene",
-            "orbit",
-            "-n",
-            "4",
-            "--size",
-            "96x72",
-            "--lighting",
-            "both",
-            "--depth",
-        ],
+    r = cli(
+        "synth",
+        str(out),
+        "--scene",
+        "orbit",
+        "-n",
+        "4",
+        "--size",
+        "96x72",
+        "--lighting",
+        "both",
+        "--depth",
     )
     assert r.exit_code == 0, r.output
     day = sorted(p.name for p in (out / "images").glob("*.jpg"))
@@ -131,17 +124,13 @@ def test_synth_cli_day_and_night(tmp_path):
 
     # the relit renders as night queries of the Aachen-style proxy
     subsets = tmp_path / "subsets"
-    r = runner.invoke(
-        app,
-        [
-            "--no-progress",
-            "make-night",
-            str(out),
-            "-o",
-            str(subsets),
-            "--night-images",
-            str(out / "images_night"),
-        ],
+    r = cli(
+        "make-night",
+        str(out),
+        "-o",
+        str(subsets),
+        "--night-images",
+        str(out / "images_night"),
     )
     assert r.exit_code == 0, r.output
     query = subsets / "0002" / "images" / "night_0002.jpg"
@@ -149,16 +138,13 @@ def test_synth_cli_day_and_night(tmp_path):
     d, n = (np.asarray(Image.open(out / f / "0002.jpg"), np.float64) for f in ("images", "images_night"))
     assert np.abs(relit - n).mean() < 0.2 * np.abs(relit - d).mean()  # the render, not a filtered day image
     assert "renders" in json.loads((subsets / "make_night.json").read_text())["note"]
-    r = runner.invoke(
-        app,
-        ["--no-progress", "make-night", str(out), "-o", str(tmp_path / "x"), "--night-images", str(tmp_path)],
-    )
+    r = cli("make-night", str(out), "-o", str(tmp_path / "x"), "--night-images", str(tmp_path))
     assert r.exit_code != 0 and "lacks the night version" in r.output
 
 
-def test_synth_refuses_unwritable_output(tmp_path):
+def test_synth_refuses_unwritable_output(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = runner.invoke(app, ["--no-progress", "synth", str(blocker / "out"), "-n", "2", "--size", "64x48"])
+    r = cli("synth", str(blocker / "out"), "-n", "2", "--size", "64x48")
     assert r.exit_code == 2
     assert "cannot write" in r.output
