@@ -1,1 +1,1 @@
-"""Typer command-line interface: thin wrappers that turn options into stage calls."""
+"""Typer command-line interface: one thin module per command group."""

@@ -1,1 +1,2 @@
-"""Geometry: homographies and multi-homography RANSAC, similarity alignment."""
+"""Geometry: homographies and multi-homography RANSAC (the ``verify`` stage), similarity
+alignment."""

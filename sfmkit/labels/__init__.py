@@ -1,0 +1,1 @@
+"""GL3D training labels: visibility by ray casting, overlap ratios and masks, Poisson surfaces."""

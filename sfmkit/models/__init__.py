@@ -1,1 +1,2 @@
-"""Torch ``nn.Module``s only (no pipeline or CLI imports)."""
+"""Networks and what they carry (weights, whitening): imports only :mod:`sfmkit.errors` and
+:mod:`sfmkit.utils`."""

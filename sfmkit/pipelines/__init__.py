@@ -1,1 +1,2 @@
-"""User-facing jobs that chain stages."""
+"""User-facing jobs that chain stages (reconstruct, retrieve, synth, labels, night subsets),
+and the runners of whole methods that evaluations compare."""

@@ -1,1 +1,2 @@
-"""Image retrieval: global descriptors (MAC, R-MAC, PR-MAC), whitening, indexes and metrics."""
+"""Image retrieval: aggregation (MAC, R-MAC, PR-MAC), learned whitening, faiss indexes, search,
+the mask triplet loss and mAP."""

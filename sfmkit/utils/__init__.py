@@ -1,1 +1,2 @@
-"""Small shared helpers: configs, timing, reports, progress bars, devices."""
+"""Small shared helpers: configs, atomic writes, figures, timing, reports, progress bars,
+devices."""
