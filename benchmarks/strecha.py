@@ -5,7 +5,7 @@ top-view PNG per scene (as ``sfmkit evaluate strecha``) and prints the table.
 
     python benchmarks/strecha.py ../shared/datasets/strecha/fountain-P11 \
         ../shared/datasets/strecha/Herz-Jesus-P8 -o bench_out [--intrinsics] [--max-size 1024 1600] \
-        [--features sift multiscale-kp]
+        [--features sift multiscale-kp] [--refine none keypoints featuremetric-vgg]
 """
 
 from __future__ import annotations
@@ -32,18 +32,29 @@ def main() -> None:
     parser.add_argument("--intrinsics", action="store_true", help="use each scene's images/K.txt")
     parser.add_argument("--max-size", type=int, nargs="+", default=[1024])
     parser.add_argument("--features", nargs="*", default=["sift"], help="further sfmkit feature presets")
+    parser.add_argument(
+        "--refine",
+        nargs="+",
+        default=["default"],
+        help="keypoint refinements of the dense runs: default (the feature type's), none, keypoints, "
+        "or a preset of sfmkit.refinement.refine.CONFS",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pycolmap.logging.minloglevel = 2
-    runners: dict[str, Runner] = {
-        f"sfmkit dense-vgg16 {size}px": sfmkit_runner(
-            ReconstructConf(features=replace(get_conf("dense-vgg16"), max_size=size))
-        )
-        for size in args.max_size
-    }
+    runners: dict[str, Runner] = {}
+    for size in args.max_size:
+        for refine in args.refine:
+            label = "" if len(args.refine) == 1 else f" refine {refine}"
+            runners[f"sfmkit dense-vgg16 {size}px{label}"] = sfmkit_runner(
+                ReconstructConf(
+                    features=replace(get_conf("dense-vgg16"), max_size=size),
+                    refine=None if refine == "default" else refine,
+                )
+            )
     for preset in args.features:
         runners[f"sfmkit {preset}"] = sfmkit_runner(ReconstructConf(features=get_conf(preset)))
-    runners["COLMAP sift (pycolmap)"] = colmap_sift_runner("single")
+    runners["COLMAP sift (pycolmap)"] = colmap_sift_runner("from-scene")
     out = args.output / ("strecha_K" if args.intrinsics else "strecha")
     evaluate_strecha(args.scenes, out, runners, intrinsics=args.intrinsics)
     print(f"Known intrinsics (K.txt): {'yes' if args.intrinsics else 'no'}\n")

@@ -13,7 +13,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "utils"),
     ("io",),
     ("models",),
-    ("features", "matching", "geometry", "reconstruction", "retrieval", "labels", "synth"),
+    ("features", "matching", "geometry", "refinement", "reconstruction", "retrieval", "labels", "synth"),
     ("train",),
     ("pipelines",),
     ("eval",),

@@ -24,6 +24,7 @@ from sfmkit.reconstruction.cameras import CAMERA_MODES, CameraConf
 from sfmkit.reconstruction.mapping import MapConf, MapResult
 from sfmkit.utils.config import conf_to_dict, replace
 from sfmkit.utils.report import write_report
+from sfmkit.utils.timing import peak_rss_mb
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -118,6 +119,7 @@ def finish(
         output=output,
         counts=counts,
         timings={command: round(seconds, 3)},
+        peak_memory_mb=round(peak_rss_mb(), 1),
         **extra,
     )
     summary_table(command, [("output", output), *rows, ("time", f"{seconds:.1f} s")])

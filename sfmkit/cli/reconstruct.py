@@ -22,6 +22,7 @@ from sfmkit.cli.common import (
     ReconstructPairsOpt,
     RefineOpt,
     WeightsOpt,
+    choices,
     feature_conf,
     handle_errors,
     map_conf,
@@ -31,7 +32,9 @@ from sfmkit.cli.common import (
     summary_table,
     timings_rows,
 )
-from sfmkit.pipelines.reconstruct import ReconstructConf, reconstruct
+from sfmkit.pipelines.reconstruct import REFINE_CHOICES, ReconstructConf, reconstruct
+
+RefineChoice = choices("RefineChoice", REFINE_CHOICES)
 
 
 @handle_errors
@@ -45,6 +48,14 @@ def reconstruct_cmd(
     best_pairs: Annotated[
         int | None, typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")
     ] = None,
+    refine: Annotated[
+        RefineChoice | None,
+        typer.Option(
+            "--refine",
+            help="Featuremetric keypoint adjustment before mapping: keypoints or none "
+            "(default: by feature type; on for the learned features).",
+        ),
+    ] = None,  # type: ignore[valid-type]
     camera_mode: CameraModeOpt = CameraMode("auto"),  # type: ignore[call-arg]
     camera_model: CameraModelOpt = "SIMPLE_RADIAL",
     intrinsics: IntrinsicsOpt = None,
@@ -53,11 +64,12 @@ def reconstruct_cmd(
     image_list: ImageListOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Images to a calibrated sparse model: extract, match, verify, map."""
+    """Images to a calibrated sparse model: extract, match, verify, refine, map."""
     conf = ReconstructConf(
         features=feature_conf(features.value, max_size, weights),
         pairs=pairs,
         best_pairs=best_pairs,
+        refine=None if refine is None else refine.value,
         mapping=map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics),
     )
     result = reconstruct(
@@ -68,7 +80,13 @@ def reconstruct_cmd(
     rows = [("model", result.mapping.path), *mapping_rows(stats)]
     if skipped:
         rows.append(("images skipped (unreadable)", len(skipped)))
-    summary_table("reconstruct", [*rows, *timings_rows(result.timings), ("report", result.report)])
+    peak = result.peak_memory_mb.get("max", 0.0)
+    rows += [
+        *timings_rows(result.timings),
+        ("peak memory", f"{peak / 1024:.2f} GB"),
+        ("report", result.report),
+    ]
+    summary_table("reconstruct", rows)
     print_unregistered(result.mapping)
 
 

@@ -1,4 +1,4 @@
-"""The stage commands: ``sfmkit extract``, ``retrieve``, ``match``, ``verify`` and ``map``.
+"""The stage commands: ``sfmkit extract``, ``retrieve``, ``match``, ``verify``, ``refine`` and ``map``.
 
 Each runs one stage into an output folder (resuming what it already holds) and ends with a
 summary table and its section of ``report.json``.
@@ -51,11 +51,13 @@ from sfmkit.io.pairs import make_pairs
 from sfmkit.matching import match as match_mod
 from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import map_images
+from sfmkit.refinement import refine as refine_mod
 from sfmkit.retrieval.search import AGGREGATIONS, WHITENINGS, SearchConf
 from sfmkit.utils.config import conf_to_dict, replace
 from sfmkit.utils.report import write_report
 
 MatcherPreset = choices("MatcherPreset", match_mod.CONFS)
+RefinePreset = choices("RefinePreset", refine_mod.CONFS)
 VerifyPreset = choices("VerifyPreset", verify_mod.CONFS)
 
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Neighbours kept per image.")]
@@ -256,6 +258,59 @@ def verify_cmd(
 
 
 @handle_errors
+def refine_cmd(
+    features: Annotated[Path, typer.Argument(help="Feature file made by `sfmkit extract`.")],
+    verified: Annotated[Path, typer.Argument(help="Verified matches made by `sfmkit verify`.")],
+    images: Annotated[Path, typer.Argument(help="The image folder the features were extracted from.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output folder (default: beside VERIFIED).")
+    ] = None,
+    pairs: Annotated[
+        Path | None, typer.Option("--pairs", help="Only these pairs (default: every pair of VERIFIED).")
+    ] = None,
+    method: Annotated[RefinePreset, typer.Option("--method", help="Refinement preset.")] = RefinePreset(
+        "featuremetric"
+    ),  # type: ignore[valid-type,call-arg]
+    dense: Annotated[
+        str | None,
+        typer.Option("--dense-features", help="Features compared: intensity or a VGG16 layer (see docs)."),
+    ] = None,
+    levels: Annotated[
+        list[int] | None,
+        typer.Option("--level", help="Image size of each pass, coarse to fine (repeat; 0 = full size)."),
+    ] = None,
+    radius: Annotated[float | None, typer.Option("--radius", help="Largest move per pass (pixels).")] = None,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Featuremetric keypoint adjustment: move matched keypoints so their dense features agree."""
+    for path, stage in ((features, "extract"), (verified, "verify")):
+        if not path.is_file():
+            raise SfmkitError(f"{path} does not exist; run `sfmkit {stage}` first")
+    out = _out(output, verified)
+    conf = replace(
+        refine_mod.CONFS[method.value],
+        features=dense,
+        levels=None if not levels else tuple(levels),
+        radius=radius,
+    )
+    start = time.perf_counter()
+    path = refine_mod.refine(
+        conf, features, verified, images, out, pairs=pairs, overwrite=overwrite, device=device
+    )
+    seconds = time.perf_counter() - start
+    run = json_attr(path, "last_run") or {}
+    rows = [
+        ("tracks / keypoints", f"{run.get('tracks', 0)} / {run.get('keypoints', 0)}"),
+        (
+            "shift median / p90 (px)",
+            "{median:.2f} / {p90:.2f}".format(**run.get("shift_px", {"median": 0, "p90": 0})),
+        ),
+    ]
+    finish(out, "refine", conf, path, seconds, run, rows)
+
+
+@handle_errors
 def map_cmd(
     images: Annotated[Path, typer.Argument(help="The image folder the features were extracted from.")],
     verified: Annotated[Path, typer.Argument(help="Verified matches made by `sfmkit verify`.")],
@@ -290,4 +345,5 @@ def register(app: typer.Typer) -> None:
     app.command("retrieve")(retrieve_cmd)
     app.command("match")(match_cmd)
     app.command("verify")(verify_cmd)
+    app.command("refine")(refine_cmd)
     app.command("map")(map_cmd)

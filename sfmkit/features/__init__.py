@@ -1,8 +1,9 @@
 """Feature extractors, their named presets and the registry of feature kinds.
 
 ``CONFS`` maps a preset name (a CLI choice of ``--features``) to its frozen config. Each
-config class declares its ``kind`` (stored in feature files), the matcher and verification
-used when none is named (``default_matcher``, ``default_verification``), whether its items
+config class declares its ``kind`` (stored in feature files), the matcher, verification and
+keypoint refinement used when none is named (``default_matcher``, ``default_verification``,
+``default_refinement``: a preset of :mod:`sfmkit.refinement.refine` or ``none``), whether its items
 carry the dense coarse/fine grids of coarse-to-fine matching (``dense``), and how
 ``--weights`` changes it (``with_weights``). :data:`KINDS` maps each kind to its config class
 and :func:`make_extractor` builds the extractor of a config: no other module tells the kinds

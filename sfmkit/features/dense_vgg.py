@@ -43,6 +43,7 @@ class DenseVGGConf:
     kind: ClassVar[str] = "dense_vgg"
     default_matcher: ClassVar[str] = "mnn-c2f"
     default_verification: ClassVar[str] = "multi-homography"
+    default_refinement: ClassVar[str] = "featuremetric"
     dense: ClassVar[bool] = True
 
     name: str = "dense-vgg16"

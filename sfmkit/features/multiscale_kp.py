@@ -63,6 +63,7 @@ class MultiscaleKPConf:
     kind: ClassVar[str] = "multiscale_kp"
     default_matcher: ClassVar[str] = "mnn"
     default_verification: ClassVar[str] = "multi-homography"
+    default_refinement: ClassVar[str] = "featuremetric"
     dense: ClassVar[bool] = False
 
     name: str = "multiscale-kp"

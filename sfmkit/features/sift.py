@@ -28,6 +28,7 @@ class SiftConf:
     kind: ClassVar[str] = "sift"
     default_matcher: ClassVar[str] = "mnn-ratio"
     default_verification: ClassVar[str] = "none"
+    default_refinement: ClassVar[str] = "none"
     dense: ClassVar[bool] = False
 
     name: str = "sift"

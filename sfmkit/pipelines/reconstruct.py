@@ -1,5 +1,5 @@
-"""``reconstruct``: extract -> pairs (or retrieve) -> match -> verify -> map, with timings and
-a report. ``pairs="retrieval:K"`` matches each image with its K nearest images by global
+"""``reconstruct``: extract -> pairs (or retrieve) -> match -> verify -> refine -> map, with
+timings and a report. ``pairs="retrieval:K"`` matches each image with its K nearest images by global
 descriptor (:mod:`sfmkit.pipelines.retrieve`) instead of every pair."""
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from sfmkit.matching import match as match_mod
 from sfmkit.matching.match import MatchConf, match
 from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images
+from sfmkit.refinement import refine as refine_mod
+from sfmkit.refinement.refine import RefineConf, refine
 from sfmkit.retrieval.search import SearchConf
 from sfmkit.utils.config import conf_to_dict
 from sfmkit.utils.report import write_report
@@ -32,10 +34,16 @@ from sfmkit.utils.timing import StageTimer
 logger = logging.getLogger(__name__)
 
 
+#: ``--refine`` values: no refinement, or featuremetric keypoint adjustment.
+REFINE_CHOICES = ("none", "keypoints")
+
+
 @dataclass(frozen=True)
 class ReconstructConf:
-    """The whole job. ``matcher`` and ``verify`` default (None) to the feature type's usual
-    ones; ``best_pairs`` then overrides that verification's setting."""
+    """The whole job. ``matcher``, ``verify`` and ``refine`` default (None) to the feature
+    type's usual ones; ``best_pairs`` then overrides that verification's setting. ``refine`` is
+    ``none``, ``keypoints`` (the default featuremetric adjustment) or a preset of
+    :data:`sfmkit.refinement.refine.CONFS`."""
 
     features: FeatureConf = field(default_factory=lambda: get_conf("dense-vgg16"))
     matcher: MatchConf | None = None
@@ -43,14 +51,23 @@ class ReconstructConf:
     mapping: MapConf = field(default_factory=MapConf)
     pairs: str = "exhaustive"
     best_pairs: int | None = None
+    refine: str | None = None
 
-    def stage_confs(self) -> tuple[MatchConf, VerifyConf]:
-        """The matcher and verification actually used."""
+    def __post_init__(self) -> None:
+        if self.refine is not None and self.refine not in (*REFINE_CHOICES, *refine_mod.CONFS):
+            raise SfmkitError(
+                f"unknown refinement {self.refine!r}; choose among {[*REFINE_CHOICES, *refine_mod.CONFS]}"
+            )
+
+    def stage_confs(self) -> tuple[MatchConf, VerifyConf, RefineConf | None]:
+        """The matcher, verification and keypoint refinement (None: none) actually used."""
         matcher = self.matcher or match_mod.CONFS[self.features.default_matcher]
         verification = self.verify or verify_mod.CONFS[self.features.default_verification]
         if self.best_pairs is not None:
             verification = dataclasses.replace(verification, best_pairs=self.best_pairs)
-        return matcher, verification
+        name = self.features.default_refinement if self.refine is None else self.refine
+        name = "featuremetric" if name == "keypoints" else name
+        return matcher, verification, None if name == "none" else refine_mod.CONFS[name]
 
 
 @dataclass(frozen=True)
@@ -60,12 +77,14 @@ class ReconstructResult:
     timings: seconds per stage.
     counts: per-stage counts (images extracted/skipped, pairs, matches).
     report: path of ``report.json``.
+    peak_memory_mb: peak resident memory per stage and ``max``.
     """
 
     mapping: MapResult
     timings: dict[str, float]
     counts: dict[str, Any]
     report: Path
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)
 
 
 def retrieval_k(spec: str) -> int | None:
@@ -92,7 +111,7 @@ def reconstruct(
     device: str = "auto",
 ) -> ReconstructResult:
     """Run every stage; each one resumes from what ``out_dir`` already holds."""
-    matcher, verification = conf.stage_confs()
+    matcher, verification, refinement = conf.stage_confs()
     out_dir = Path(out_dir)
     timer = StageTimer()
     counts: dict[str, Any] = {}
@@ -128,16 +147,35 @@ def reconstruct(
     with timer.stage("verify"):
         verified = verify(verification, matches, pairs, out_dir, features=feats, overwrite=overwrite)
     counts["verify"] = json_attr(verified, "last_run")
+    keypoints = feats
+    if refinement is not None:
+        with timer.stage("refine"):
+            keypoints = refine(
+                refinement, feats, verified, images, out_dir, pairs=pairs, overwrite=overwrite, device=device
+            )
+        counts["refine"] = json_attr(keypoints, "last_run")
     with timer.stage("map"):
-        result = map_images(conf.mapping, images, verified, pairs, out_dir / "sfm", features=feats)
+        result = map_images(conf.mapping, images, verified, pairs, out_dir / "sfm", features=keypoints)
     report = write_report(
         out_dir,
         "reconstruct",
-        config={**conf_to_dict(conf), "matcher": conf_to_dict(matcher), "verify": conf_to_dict(verification)},
+        config={
+            **conf_to_dict(conf),
+            "matcher": conf_to_dict(matcher),
+            "verify": conf_to_dict(verification),
+            "refine": None if refinement is None else conf_to_dict(refinement),
+        },
         inputs={"images": str(Path(images).resolve()), "pairs": str(pairs)},
-        outputs={"features": feats, "matches": matches, "verified": verified, "model": result.path},
+        outputs={
+            "features": feats,
+            "matches": matches,
+            "verified": verified,
+            "refined": None if refinement is None else keypoints,
+            "model": result.path,
+        },
         counts=counts,
         reconstruction=result.stats,
         timings=timer.as_dict(),
+        peak_memory_mb=timer.peak_memory(),
     )
-    return ReconstructResult(result, timer.as_dict(), counts, report)
+    return ReconstructResult(result, timer.as_dict(), counts, report, timer.peak_memory())

