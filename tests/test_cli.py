@@ -1,6 +1,8 @@
 """User mistakes get one clear line and exit status 2, never a traceback."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 from helpers import textured_image
@@ -108,3 +110,16 @@ def test_grayscale_cmyk_16bit_and_corrupt_images_in_one_folder(cli, tmp_path):
 def test_version(cli):
     result = cli("--version")
     assert result.exit_code == 0 and "sfmkit" in result.output
+
+
+def test_png_encoding_survives_pycolmap(tmp_path):
+    """pycolmap exports its own zlib symbols; imported first, they corrupted Pillow's PNG
+    encoder (an abort in every evaluation figure). ``import sfmkit`` must prevent it."""
+    code = (
+        "import sfmkit, pycolmap, numpy as np\n"
+        "from PIL import Image\n"
+        "for _ in range(5):\n"
+        "    Image.fromarray((np.random.rand(500, 800, 3) * 255).astype('uint8')).save('x.png')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]

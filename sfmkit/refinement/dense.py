@@ -64,7 +64,7 @@ def _crops(image: torch.Tensor, origins: np.ndarray, size: int) -> torch.Tensor:
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise the last dimension."""
-    return x * torch.rsqrt((x * x).sum(-1, keepdim=True).clamp_min(1e-12))
+    return F.normalize(x, dim=-1, eps=1e-6)
 
 
 class WindowFeatures:

@@ -18,10 +18,9 @@ logger = logging.getLogger(__name__)
 def plot_isolated(plot: Callable[..., Path], path: Path, *args: Any) -> Path | None:
     """Draw ``plot(path, *args)`` in a fresh process; None (and a warning) if it fails.
 
-    Evaluations call this after minutes of reconstruction: on the 2-core machines here, a
-    process that has run torch, pycolmap's SIFT and mapping has aborted inside Pillow's PNG
-    encoder ("corrupted size vs. prev_size", a heap corrupted by native code beforehand), so
-    the figure is drawn where that heap is not, and a failed figure never costs the numbers.
+    Evaluations call this after minutes of reconstruction, so that a failing figure never costs
+    the numbers. (The abort that motivated it, Pillow's PNG encoder corrupting the heap in a
+    process that had imported pycolmap, has its fix in ``sfmkit/__init__.py``.)
     """
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(target=plot, args=(path, *args))
