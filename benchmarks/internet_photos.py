@@ -1,5 +1,6 @@
 """Unordered internet photos without ground truth (e.g. ../shared/datasets/sacre_coeur/mapping):
-sfmkit (dense VGG16), sfmkit --features sift and COLMAP's own SIFT pipeline in the same run.
+sfmkit (dense VGG16, with and without keypoint refinement), sfmkit --features sift and
+COLMAP's own SIFT pipeline in the same run.
 
 With no ground truth, each model is compared with COLMAP SIFT's: the mean angle between
 relative rotations of the images both registered (alignment-free), and the ratio of focal
@@ -50,6 +51,9 @@ def main() -> None:
     runners = {
         "COLMAP sift (pycolmap)": colmap_sift_runner("auto"),
         "sfmkit dense-vgg16": sfmkit_runner(ReconstructConf(features=get_conf("dense-vgg16"))),
+        "sfmkit dense-vgg16 refine none": sfmkit_runner(
+            ReconstructConf(features=get_conf("dense-vgg16"), refine="none")
+        ),
         "sfmkit sift": sfmkit_runner(ReconstructConf(features=get_conf("sift"))),
     }
     runs = {}

@@ -24,6 +24,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pycolmap
 
 from sfmkit.eval.matches import fundamental, sampson_errors, summarize, verified_sampson
 from sfmkit.io.h5 import json_attr
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--max-size", type=int, default=1024)
     parser.add_argument("--no-colmap", action="store_true", help="skip COLMAP SIFT's reference figures")
     args = parser.parse_args()
+    pycolmap.logging.minloglevel = 2
     results: dict[str, Any] = {}
     ctx = multiprocessing.get_context("spawn")
     for scene in args.scenes:
@@ -128,6 +130,8 @@ def main() -> None:
         for name in args.variants:
             with ctx.Pool(1) as pool:
                 run = pool.map(_run_variant, [(name, features, verified, scene / "images", out / name)])[0]
+                pool.close()
+                pool.join()  # let the worker exit by itself (terminate() makes pycolmap print a trace)
             with h5py.File(run["path"]) as f:
                 moved = np.concatenate([f[g]["refinement/shift"][()] for g in f])
             moved = np.linalg.norm(moved, axis=1)

@@ -30,13 +30,15 @@ def main() -> None:
     parser.add_argument("scenes", nargs="+", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_out"))
     parser.add_argument("--intrinsics", action="store_true", help="use each scene's images/K.txt")
-    parser.add_argument("--max-size", type=int, nargs="+", default=[1024])
+    parser.add_argument(
+        "--max-size", type=int, nargs="*", default=[1024], help="dense VGG16 sizes (none: no dense run)"
+    )
     parser.add_argument("--features", nargs="*", default=["sift"], help="further sfmkit feature presets")
     parser.add_argument(
         "--refine",
         nargs="+",
         default=["default"],
-        help="keypoint refinements of the dense runs: default (the feature type's), none, keypoints, "
+        help="keypoint refinements of every sfmkit run: default (the feature type's), none, keypoints, "
         "or a preset of sfmkit.refinement.refine.CONFS",
     )
     args = parser.parse_args()
@@ -53,7 +55,11 @@ def main() -> None:
                 )
             )
     for preset in args.features:
-        runners[f"sfmkit {preset}"] = sfmkit_runner(ReconstructConf(features=get_conf(preset)))
+        for refine in args.refine:
+            label = "" if len(args.refine) == 1 else f" refine {refine}"
+            runners[f"sfmkit {preset}{label}"] = sfmkit_runner(
+                ReconstructConf(features=get_conf(preset), refine=None if refine == "default" else refine)
+            )
     runners["COLMAP sift (pycolmap)"] = colmap_sift_runner("from-scene")
     out = args.output / ("strecha_K" if args.intrinsics else "strecha")
     evaluate_strecha(args.scenes, out, runners, intrinsics=args.intrinsics)

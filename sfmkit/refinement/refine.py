@@ -225,10 +225,11 @@ def adjust(
     per_image = [np.flatnonzero(tracks.image == i) for i in range(len(names))]
     plans = {n: _level_sizes(conf.levels, sizes[n]) for n in names}
     passes = []
+    size = 2 * half + 1
+    # one buffer for every pass (the largest allocation of the stage)
+    windows = torch.zeros((len(tracks.track), size, size, windows_of.dim), dtype=torch.float16)
     for level in range(max(len(p) for p in plans.values())):
         t0 = time.perf_counter()
-        size = 2 * half + 1
-        windows = torch.zeros((len(tracks.track), size, size, windows_of.dim), dtype=torch.float16)
         start = np.zeros((len(tracks.track), 2))
         scale = np.ones((len(tracks.track), 2))
         for i, name in enumerate(track(names, f"refine: features of pass {level + 1}")):
