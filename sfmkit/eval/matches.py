@@ -3,8 +3,8 @@ under the fundamental matrix the true cameras imply.
 
 Keypoints are in sfmkit's convention (COLMAP's: the top-left pixel's centre is (0.5, 0.5));
 the cameras' intrinsics are taken in the same convention unless ``k_offset`` says how far their
-principal point convention is from it (Strecha's calibrations: measured below, see
-:func:`strecha_offset`).
+principal point convention is from it. (On Strecha, shifting by 0.5 px changed the median
+error of the dense matches by less than 0.001 px, so the benchmarks use 0.)
 """
 
 from __future__ import annotations

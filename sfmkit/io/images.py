@@ -33,6 +33,10 @@ _SWAPS_AXES = {5, 6, 7, 8}
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
+#: RGB weights of the luminance (ITU-R BT.601, as OpenCV and PIL).
+LUMA = (0.299, 0.587, 0.114)
+
+
 @dataclass(frozen=True)
 class ImageListing:
     """Images found under a folder.
@@ -64,8 +68,8 @@ class LoadedImage:
     scale: tuple[float, float]
 
     def gray(self) -> np.ndarray:
-        """(h, w) float32 luminance in [0, 255] (ITU-R BT.601 weights, as OpenCV and PIL)."""
-        return self.rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        """(h, w) float32 luminance in [0, 255] (:data:`LUMA` weights)."""
+        return self.rgb.astype(np.float32) @ np.array(LUMA, np.float32)
 
 
 def list_images(root: Path, image_list: Sequence[str] | None = None) -> ImageListing:

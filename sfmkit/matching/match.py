@@ -143,6 +143,11 @@ def match(
     feat_attrs = read_file_attrs(features)
     if feat_attrs.get("stage") != "features":
         raise SfmkitError(f"{features} is not an sfmkit feature file; pass the output of `sfmkit extract`")
+    if feat_attrs.get("refined"):
+        raise SfmkitError(
+            f"{features} holds refined keypoints (from `sfmkit refine`, for `map`) without descriptors; "
+            "match the feature file of `sfmkit extract`"
+        )
     dense = feature_kind(feat_attrs.get("extractor")).dense
     if conf.coarse_to_fine and not dense:
         raise ConfigError(

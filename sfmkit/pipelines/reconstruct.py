@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sfmkit.errors import SfmkitError
+from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.features import FeatureConf, get_conf
 from sfmkit.features.extract import extract
 from sfmkit.features.global_descriptors import GlobalConf
@@ -55,7 +55,7 @@ class ReconstructConf:
 
     def __post_init__(self) -> None:
         if self.refine is not None and self.refine not in (*REFINE_CHOICES, *refine_mod.CONFS):
-            raise SfmkitError(
+            raise ConfigError(
                 f"unknown refinement {self.refine!r}; choose among {[*REFINE_CHOICES, *refine_mod.CONFS]}"
             )
 

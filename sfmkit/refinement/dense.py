@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from sfmkit.io.images import LUMA
 from sfmkit.models.vgg import VGG16Trunk
 
 KINDS = ("intensity", "vgg-conv1_2", "vgg-conv2_2", "vgg-conv1_2+conv2_2", "vgg-conv1_2+intensity")
@@ -106,14 +107,20 @@ class WindowFeatures:
         names = parts(self.kind)
         r = self.window // 2
         m = max(r if name == "intensity" else _MARGIN[name] for name in names)
-        crops = _crops(image, origins - m, size + 2 * m).to(self.device).float()
+        corner = origins - m
+        # conv2_2 sees the image through pool1: crops start on even pixels, so that a scene point
+        # gets the same pooling grid in every window that holds it
+        odd = corner % 2 if "conv2_2" in names else np.zeros_like(corner)
+        crops = _crops(image, corner - odd, size + 2 * m + 1).to(self.device).float()
+        offset = torch.from_numpy(m + odd)  # window's top-left pixel within its crop
         out = []
         if "intensity" in names:
-            luma = torch.tensor([0.299, 0.587, 0.114], device=self.device)
-            gray = torch.einsum("nchw,c->nhw", crops[:, :, m - r : m + size + r, m - r : m + size + r], luma)
-            # channel (dy, dx) of pixel (y, x) = grey level at (y + dy - r, x + dx - r)
+            luma = torch.tensor(LUMA, device=self.device)
+            gray = torch.einsum("nchw,c->nhw", crops, luma)
             w = self.window
-            cols = gray.unfold(1, w, 1).unfold(2, w, 1).reshape(len(origins), size, size, w * w)
+            # (n, y, x, dy, dx): grey level at (y + dy, x + dx) of the crop
+            cols = gray.unfold(1, w, 1).unfold(2, w, 1)
+            cols = _take(cols, offset - r, size).reshape(len(origins), size, size, w * w)
             out.append(_normalize(cols - cols.mean(dim=-1, keepdim=True)))
         if "conv1_2" in names or "conv2_2" in names:
             trunk = self.trunk
@@ -121,15 +128,25 @@ class WindowFeatures:
             x = torch.relu(trunk.convs["conv1_1"](trunk.normalize(crops)))
             c12 = torch.relu(trunk.convs["conv1_2"](x))
             if "conv1_2" in names:
-                out.append(_normalize(c12[:, :, m : m + size, m : m + size].permute(0, 2, 3, 1)))
+                out.append(_normalize(_take(c12.permute(0, 2, 3, 1), offset, size)))
             if "conv2_2" in names:
-                # pool1 cell k covers pixels 2k, 2k+1 of the crop; bilinear upsampling with
+                # pool1 cell k covers crop pixels 2k, 2k+1; bilinear upsampling with
                 # align_corners=False puts its value back at their centre
                 x = torch.relu(trunk.convs["conv2_1"](F.max_pool2d(c12, 2)))
                 x = torch.relu(trunk.convs["conv2_2"](x))
-                up = F.interpolate(x, size=(c12.shape[2] // 2 * 2, c12.shape[3] // 2 * 2), mode="bilinear")
-                out.append(_normalize(up[:, :, m : m + size, m : m + size].permute(0, 2, 3, 1)))
+                up = F.interpolate(x, scale_factor=2, mode="bilinear")
+                out.append(_normalize(_take(up.permute(0, 2, 3, 1), offset, size)))
         return _normalize(torch.cat(out, dim=-1)) if len(out) > 1 else out[0]
+
+
+def _take(maps: torch.Tensor, offset: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, size, size, ...) windows of (n, H, W, ...) maps, window i starting at pixel
+    ``offset[i]`` (x, y)."""
+    steps = torch.arange(size)
+    rows = offset[:, 1, None] + steps[None]
+    cols = offset[:, 0, None] + steps[None]
+    index = torch.arange(len(maps))[:, None, None]
+    return maps[index, rows[:, :, None], cols[:, None, :]]
 
 
 def sample(windows: torch.Tensor, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

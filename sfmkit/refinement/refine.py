@@ -21,17 +21,19 @@ run is recomputed, not resumed; a finished file is reused.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 
 from sfmkit.errors import ConfigError, SfmkitError
-from sfmkit.io.h5 import H5Reader, ItemWriter, item_path, list_items, read_file_attrs
+from sfmkit.io.h5 import H5Reader, ItemWriter, item_path, json_attr, list_items, read_file_attrs
 from sfmkit.io.images import read_image
 from sfmkit.io.matches import read_verified
 from sfmkit.io.pairs import Pair, read_pairs
@@ -60,8 +62,13 @@ class RefineConf:
         levels: longer image side of each pass, coarse to fine; 0 = full resolution. Sizes at or
             above an image's own are its full resolution (never upsampled).
         radius: largest move per pass, in pixels of that pass's image.
+        max_shift: largest total move, in pixels of the image the features were extracted from
+            (8: one cell of the dense pool3 grid and of the multiscale-kp detection grid; on
+            Herz-Jesus-P8 a cap of one cell kept the median Sampson error, half a cell raised
+            it from 0.44 to 0.50 px).
         window: side of the ``intensity`` window.
-        loss_scale: Cauchy loss scale (squared feature distance).
+        loss_scale: scale c of the Cauchy loss, a feature distance (features are unit vectors:
+            distances 0 .. 2); residuals much larger than c count little.
         iterations: most Levenberg-Marquardt iterations per pass.
         weights: VGG16 weights for the VGG kinds.
     """
@@ -70,6 +77,7 @@ class RefineConf:
     features: str = "intensity"
     levels: tuple[int, ...] = (256, 512, 1024, 0)
     radius: float = 4.0
+    max_shift: float = 8.0
     window: int = 7
     loss_scale: float = 0.25
     iterations: int = 10
@@ -80,8 +88,10 @@ class RefineConf:
             raise ConfigError(f"unknown refinement features {self.features!r}; choose among {KINDS}")
         if not self.levels or any(v < 0 or 0 < v < 64 for v in self.levels):
             raise ConfigError("refinement levels are image sizes >= 64 pixels, or 0 for full resolution")
-        if self.radius <= 0 or self.iterations < 1 or self.loss_scale <= 0:
-            raise ConfigError("refinement needs radius > 0, iterations >= 1 and loss_scale > 0")
+        if self.radius <= 0 or self.max_shift <= 0 or self.iterations < 1 or self.loss_scale <= 0:
+            raise ConfigError(
+                "refinement needs radius > 0, max_shift > 0, iterations >= 1 and loss_scale > 0"
+            )
         if self.window < 3 or self.window % 2 == 0:
             raise ConfigError("the intensity window must be an odd size >= 3")
 
@@ -109,7 +119,8 @@ def _level_sizes(levels: tuple[int, ...], full: tuple[int, int]) -> list[int | N
 
 
 def load_tracks(verified: Path, pairs: list[Pair]) -> tuple[list[str], Tracks]:
-    """Image names (sorted) and the tracks of the selected verified matches of ``pairs``."""
+    """Image names (sorted) and the tracks of the selected verified matches of ``pairs``; pairs
+    with more verified matches are joined first (their matches win conflicts)."""
     names = sorted({n for p in pairs for n in p})
     index = {n: i for i, n in enumerate(names)}
     matches = []
@@ -117,8 +128,14 @@ def load_tracks(verified: Path, pairs: list[Pair]) -> tuple[list[str], Tracks]:
         for a, b in pairs:
             m = read_verified(ver, (a, b))
             if m is not None and len(m):
-                matches.append((index[a], index[b], m, None))
+                matches.append((index[a], index[b], m, np.full(len(m), float(len(m)))))
     return names, build_tracks(matches)
+
+
+def pairs_digest(pairs: list[Pair]) -> str:
+    """A checksum of a set of pairs that ignores their order and direction."""
+    lines = sorted("\t".join(sorted(p)) for p in pairs)
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()
 
 
 def refine(
@@ -135,56 +152,80 @@ def refine(
     """Refine the keypoints of every track of ``verified``; returns the refined feature file.
 
     Args:
+        conf: the refinement.
         features: the feature file the matches were made from.
         verified: the verified matches (``selected`` pairs only are used).
         images: the image folder the features were extracted from.
+        out_dir: where the refined feature file goes.
         pairs: use only these pairs (a pairs file); default: every pair of ``verified``.
+        overwrite: recompute even a finished file made with other options or inputs.
+        device: where the feature windows are computed (``auto``: CUDA when present).
+
+    A finished file made from the same inputs, options and pairs is reused. With other pairs
+    (another image set or pairs spec) it is recomputed; with other options or input files it
+    is refused unless ``overwrite``, as every stage does.
     """
     path = refined_path(conf, verified, out_dir)
     src_attrs = read_file_attrs(features)
-    if src_attrs.get("stage") != "features":
+    if src_attrs.get("stage") != "features" or src_attrs.get("refined"):
         raise SfmkitError(f"{features} is not an sfmkit feature file; pass the output of `sfmkit extract`")
+    made_from = read_file_attrs(verified).get("features")
+    if made_from and Path(made_from) != Path(features).resolve():
+        raise SfmkitError(
+            f"{verified} was made from {made_from}, not {features}: pass the feature file its "
+            "matches were computed from"
+        )
     with H5Reader(features, "features") as feats:
         known = {k[0] for k in feats.items(1)}
         if pairs is None:
             pair_list = sorted(k for k in list_items(verified, 2) if k[0] in known and k[1] in known)
         else:
             pair_list = read_pairs(pairs, known)
-        digest = hashlib.sha1("\n".join(f"{a}\t{b}" for a, b in pair_list).encode()).hexdigest()
-        writer = ItemWriter(
-            path,
-            "features",
-            conf_to_json(conf),
-            overwrite=overwrite,
-            identity={
-                "features": str(Path(features).resolve()),
-                "verified": str(Path(verified).resolve()),
-                "image_dir": str(Path(images).resolve()),
-                "pairs_sha1": digest,
-            },
-            extra_attrs={"extractor": src_attrs.get("extractor", ""), "refined": True},
-        )
+        digest = pairs_digest(pair_list)
+
+        def open_writer(fresh: bool) -> ItemWriter:
+            return ItemWriter(
+                path,
+                "features",
+                conf_to_json(conf),
+                overwrite=fresh,
+                identity={
+                    "features": str(Path(features).resolve()),
+                    "verified": str(Path(verified).resolve()),
+                    "image_dir": str(Path(images).resolve()),
+                },
+                extra_attrs={**{k: src_attrs[k] for k in ("extractor",) if k in src_attrs}, "refined": True},
+            )
+
+        writer = open_writer(overwrite)
         names, tracks = load_tracks(verified, pair_list)
-        if names and all((n,) in writer.done for n in names):
+        if names and all((n,) in writer.done for n in names) and json_attr(path, "pairs_sha1") == digest:
             logger.info("%s: already refined, reusing it", path.name)
             return path
+        if writer.done:  # other pairs, or an interrupted run: the tracks change, start over
+            writer = open_writer(True)
         start = time.perf_counter()
         keypoints = {n: feats.array((n,), "keypoints").astype(np.float64) for n in names}
         sizes = {n: tuple(int(v) for v in feats.array((n,), "image_size")) for n in names}
-        refined, passes = adjust(conf, tracks, names, keypoints, sizes, Path(images), device)
-        shifts = refined - _node_positions(tracks, names, keypoints)
+        # the largest move in full-resolution pixels: max_shift pixels of the extraction image
+        scales = {n: feats.optional((n,), "scale") for n in names}
+        cap = {n: conf.max_shift * (1.0 if v is None else float(np.max(v))) for n, v in scales.items()}
+        original = _node_positions(tracks, names, keypoints)
+        refined, passes = adjust(conf, tracks, names, original, sizes, Path(images), device, max_shift=cap)
+        shifts = refined - original
         with writer:
-            for i, name in enumerate(track(names, "write refined")):
-                writer.write((name,), _record(feats, name, tracks, i, refined, shifts))
-    moved = np.linalg.norm(shifts, axis=1)
+            for name, sel in zip(track(names, "write refined"), _by_image(tracks, len(names)), strict=True):
+                writer.write((name,), _record(feats, name, tracks, sel, refined, shifts))
+    moved = np.linalg.norm(shifts[~tracks.reference], axis=1)
     writer.set_attrs(
         source_features=str(Path(features).resolve()),
+        pairs_sha1=json.dumps(digest),
         last_run={
             "images": len(names),
             "pairs": len(pair_list),
             "tracks": tracks.num_tracks,
             "keypoints": len(tracks.track),
-            "shift_px": {
+            "shift_px": {  # of the keypoints that were free to move (not the references)
                 "median": float(np.median(moved)) if len(moved) else 0.0,
                 "p90": float(np.percentile(moved, 90)) if len(moved) else 0.0,
                 "max": float(moved.max()) if len(moved) else 0.0,
@@ -196,10 +237,17 @@ def refine(
     return path
 
 
+def _by_image(tracks: Tracks, count: int) -> list[np.ndarray]:
+    """Node indices of each image 0 .. count-1."""
+    order = np.argsort(tracks.image, kind="stable")
+    bounds = np.searchsorted(tracks.image[order], np.arange(count + 1))
+    return [order[bounds[i] : bounds[i + 1]] for i in range(count)]
+
+
 def _node_positions(tracks: Tracks, names: list[str], keypoints: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, 2) full-resolution positions of the track nodes."""
     out = np.zeros((len(tracks.track), 2))
-    for i, name in enumerate(names):
-        sel = np.flatnonzero(tracks.image == i)
+    for name, sel in zip(names, _by_image(tracks, len(names)), strict=True):
         out[sel] = keypoints[name][tracks.keypoint[sel]]
     return out
 
@@ -208,43 +256,61 @@ def adjust(
     conf: RefineConf,
     tracks: Tracks,
     names: list[str],
-    keypoints: dict[str, np.ndarray],
+    position: np.ndarray,
     sizes: dict[str, tuple[int, int]],
     images: Path,
     device: str = "auto",
+    max_shift: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """(N, 2) refined full-resolution positions of the track nodes, and a summary per pass."""
-    position = _node_positions(tracks, names, keypoints)
+    """The passes of the refinement: (N, 2) refined full-resolution positions of the track
+    nodes (``position``: where they start), and a summary per pass. ``max_shift``: the largest
+    total move per image in full-resolution pixels (default: ``conf.max_shift``).
+
+    Raises:
+        SfmkitError: an image's size differs from the one recorded in the feature file.
+    """
+    position = np.array(position, np.float64)
     if len(tracks.track) == 0:
         return position, []
+    original = position.copy()
     dev = resolve_device(device)
     trunk = None if conf.features == "intensity" else load_vgg16(conf.weights).to(dev)
     windows_of = WindowFeatures(conf.features, trunk, conf.window, dev)
     half = int(np.ceil(conf.radius)) + 1
     solver = SolverConf(radius=conf.radius, loss_scale=conf.loss_scale, iterations=conf.iterations)
-    per_image = [np.flatnonzero(tracks.image == i) for i in range(len(names))]
+    per_image = _by_image(tracks, len(names))
     plans = {n: _level_sizes(conf.levels, sizes[n]) for n in names}
+    cap = np.zeros((len(tracks.track), 1))
+    for name, sel in zip(names, per_image, strict=True):
+        cap[sel] = conf.max_shift if max_shift is None else max_shift[name]
     passes = []
     size = 2 * half + 1
     # one buffer for every pass (the largest allocation of the stage)
     windows = torch.zeros((len(tracks.track), size, size, windows_of.dim), dtype=torch.float16)
+    scale = np.ones((len(tracks.track), 2))
     for level in range(max(len(p) for p in plans.values())):
         t0 = time.perf_counter()
-        start = np.zeros((len(tracks.track), 2))
-        scale = np.ones((len(tracks.track), 2))
-        for i, name in enumerate(track(names, f"refine: features of pass {level + 1}")):
-            sel = per_image[i]
+        for name, sel in zip(track(names, f"refine: features of pass {level + 1}"), per_image, strict=True):
+            if len(sel) == 0:
+                continue
             plan = plans[name]
             loaded = read_image(images / name, plan[min(level, len(plan) - 1)])
+            if loaded.size != sizes[name]:
+                raise SfmkitError(
+                    f"{images / name} is {loaded.size[0]}x{loaded.size[1]}, but the features were "
+                    f"extracted from a {sizes[name][0]}x{sizes[name][1]} image; pass the image "
+                    "folder the features were made from"
+                )
             scale[sel] = loaded.scale
-            start[sel] = position[sel] / np.asarray(loaded.scale) - 0.5
-            windows[sel] = windows_of(loaded.rgb, start[sel], half)
+            windows[sel] = windows_of(loaded.rgb, position[sel] / np.asarray(loaded.scale) - 0.5, half)
         t1 = time.perf_counter()
-        origins = np.concatenate([window_origins(start[s], half) for s in per_image])[
-            np.argsort(np.concatenate(per_image), kind="stable")
-        ]
-        result, stats = adjust_keypoints(tracks, windows, origins, start, solver)
-        position = (result + 0.5) * scale
+        start = position / scale - 0.5  # pixel-centre coordinates in each pass's image
+        result, stats = adjust_keypoints(tracks, windows, window_origins(start, half), start, solver)
+        moved = ~tracks.reference
+        position[moved] = (result[moved] + 0.5) * scale[moved]
+        total = position - original
+        norm = np.linalg.norm(total, axis=1, keepdims=True)
+        position = np.where(norm > cap, original + total * (cap / np.maximum(norm, 1e-12)), position)
         passes.append(
             {
                 "sizes": sorted({str(plans[n][min(level, len(plans[n]) - 1)] or "full") for n in names}),
@@ -258,18 +324,17 @@ def adjust(
 
 
 def _record(
-    feats: H5Reader, name: str, tracks: Tracks, index: int, refined: np.ndarray, shifts: np.ndarray
+    feats: H5Reader, name: str, tracks: Tracks, sel: np.ndarray, refined: np.ndarray, shifts: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The refined feature-file item of image ``name``."""
+    """The refined feature-file item of image ``name``: its small datasets copied (the dense
+    maps left out), keypoints replaced, ``refinement/shift`` added."""
     record: dict[str, np.ndarray] = {}
-    feats.file[item_path((name,))].visititems(
-        lambda sub, obj: (
-            record.__setitem__(sub, obj[()])
-            if hasattr(obj, "shape") and sub.split("/")[0] not in _NOT_COPIED
-            else None
-        )
-    )
-    sel = np.flatnonzero(tracks.image == index)
+
+    def copy(sub: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset) and sub.split("/")[0] not in _NOT_COPIED:
+            record[sub] = obj[()]
+
+    feats.file[item_path((name,))].visititems(copy)
     keypoints = record["keypoints"].astype(np.float64)
     shift = np.zeros_like(keypoints)
     keypoints[tracks.keypoint[sel]] = refined[sel]

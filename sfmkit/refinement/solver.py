@@ -6,7 +6,8 @@ verified matches, minimise
     sum over edges of rho(|| f_u(p_u) - f_v(p_v) ||^2),   subject to |p_u - p_u^0| <= radius,
 
 where f_u is the bilinear interpolant of image u's feature window (:mod:`.dense`) and rho the
-Cauchy loss rho(s) = c^2 log(1 + s / c^2) (``loss_scale`` = c). Tracks are independent, so each
+Cauchy loss rho(s) = c^2 log(1 + s / c^2) of the squared distance s (``loss_scale`` = c, a
+distance). Tracks are independent, so each
 iteration solves every track's normal equations (2n unknowns, the reference's held at zero) in
 one batched call per track length; a track's step is kept only if it lowers that track's cost,
 with its damping adapted as in Levenberg-Marquardt. Positions that reach the radius are
@@ -27,12 +28,11 @@ from sfmkit.refinement.tracks import Tracks
 @dataclass(frozen=True)
 class SolverConf:
     """Attributes:
-    radius: largest move of a keypoint from where it started, in refinement-image pixels.
-    loss_scale: c of the Cauchy loss, in squared feature distance units (features are unit
-        vectors, so squared distances are in 0 .. 4).
+    radius: largest move of a keypoint from where it started, in pixels of the pass's image.
+    loss_scale: scale c of the Cauchy loss, a feature distance (unit features: 0 .. 2).
     iterations: most LM iterations.
     damping: initial LM damping (relative to the diagonal).
-    tolerance: stop when no track's cost falls by more than this fraction.
+    tolerance: a track is done when a kept step lowers its cost by less than this fraction.
     """
 
     radius: float = 4.0
@@ -40,6 +40,9 @@ class SolverConf:
     iterations: int = 20
     damping: float = 1e-3
     tolerance: float = 1e-5
+
+
+_MIN_DAMPING, _MAX_DAMPING = 1e-6, 1e6
 
 
 def _robust(s: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,18 +54,13 @@ def _robust(s: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
 @dataclass
 class _Problem:
     windows: torch.Tensor  # (N, S, S, C)
-    origins: torch.Tensor  # (N, 2) window top-left, image pixels
-    start: torch.Tensor  # (N, 2) initial positions
+    local_start: torch.Tensor  # (N, 2) initial positions in window pixels
     free: torch.Tensor  # (N,) bool
     edges: torch.Tensor  # (E, 2)
     edge_track: torch.Tensor  # (E,)
     track: torch.Tensor  # (N,)
     local: torch.Tensor  # (N,) index of a node within its track
     length: torch.Tensor  # (T,) nodes per track
-
-    def residuals(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f, jac = sample(self.windows, p - self.origins)
-        return f, jac
 
     def track_cost(self, f: torch.Tensor, c: float) -> torch.Tensor:
         r = f[self.edges[:, 0]] - f[self.edges[:, 1]]
@@ -148,7 +146,7 @@ def _steps(
     blocks[(1, 0)] = blocks[(0, 1)].transpose(1, 2)
     wr = (w[:, None] * r)[:, :, None]
     grads = ((ja * wr).sum(1), (jb * wr).sum(1))
-    step = torch.zeros_like(prob.start)
+    step = torch.zeros_like(prob.local_start)
     for group in groups:
         step[group.nodes] = group.steps(blocks, grads, lam)
     return step
@@ -167,8 +165,12 @@ def adjust_keypoints(
     Returns:
         (N, 2) refined positions and statistics (initial and final cost, iterations).
     """
+    start = np.asarray(start, np.float64).reshape(-1, 2)
     if len(tracks.track) == 0:
-        return np.asarray(start, np.float64).reshape(-1, 2), {"iterations": 0}
+        return start, {"iterations": 0}
+    size = windows.shape[1]
+    if size < 2 * np.ceil(conf.radius) + 3:
+        raise ValueError(f"windows of {size} px are too small for a radius of {conf.radius} px")
     track = torch.from_numpy(tracks.track)
     first = torch.zeros(tracks.num_tracks, dtype=torch.long)
     counts = torch.bincount(track, minlength=tracks.num_tracks)
@@ -176,8 +178,8 @@ def adjust_keypoints(
     edges = torch.from_numpy(tracks.edges)
     prob = _Problem(
         windows=windows,
-        origins=torch.from_numpy(np.asarray(origins, np.float64)).float(),
-        start=torch.from_numpy(np.asarray(start, np.float64)).float(),
+        # small numbers (window pixels) keep float32 exact enough; moves are solved as offsets
+        local_start=torch.from_numpy(start - np.asarray(origins, np.float64)).float(),
         free=torch.from_numpy(~tracks.reference),
         edges=edges,
         edge_track=track[edges[:, 0]],
@@ -185,33 +187,37 @@ def adjust_keypoints(
         local=torch.arange(len(track)) - first[track],
         length=counts,
     )
-    local = prob.local
     groups = [
-        _Group(n, torch.nonzero(counts == n)[:, 0], edges, local, prob) for n in torch.unique(counts).tolist()
+        _Group(n, torch.nonzero(counts == n)[:, 0], edges, prob.local, prob)
+        for n in torch.unique(counts).tolist()
     ]
     c = conf.loss_scale
-    p = prob.start.clone()
+    offset = torch.zeros_like(prob.local_start)  # (N, 2) move of every node
     lam = torch.full((tracks.num_tracks,), conf.damping)
-    f, jac = prob.residuals(p)
+    f, jac = sample(windows, prob.local_start)
     cost = prob.track_cost(f, c)
     initial = float(cost.sum())
+    active = torch.ones(tracks.num_tracks, dtype=torch.bool)
     done = 0
     for done in range(1, conf.iterations + 1):  # noqa: B007 - the count is reported
-        step = _steps(prob, groups, f, jac, lam, c)
-        candidate = p + step
-        offset = candidate - prob.start
-        norm = offset.norm(dim=1, keepdim=True)
-        candidate = torch.where(norm > conf.radius, prob.start + offset * (conf.radius / norm), candidate)
-        f_new, jac_new = prob.residuals(candidate)
+        candidate = offset + _steps(prob, groups, f, jac, lam, c)
+        norm = candidate.norm(dim=1, keepdim=True)
+        candidate = torch.where(norm > conf.radius, candidate * (conf.radius / norm), candidate)
+        f_new, jac_new = sample(windows, prob.local_start + candidate)
         new_cost = prob.track_cost(f_new, c)
-        better = new_cost < cost
+        better = (new_cost < cost) & active
         accept = better[prob.track]
-        p = torch.where(accept[:, None], candidate, p)
+        offset = torch.where(accept[:, None], candidate, offset)
         f = torch.where(accept[:, None], f_new, f)
         jac = torch.where(accept[:, None, None], jac_new, jac)
-        gain = torch.where(better, (cost - new_cost) / cost.clamp_min(1e-12), torch.zeros_like(cost))
+        gain = (cost - new_cost) / cost.clamp_min(1e-12)
         cost = torch.where(better, new_cost, cost)
-        lam = torch.where(better, lam / 10, lam * 10).clamp(1e-6, 1e6)
-        if float(gain.max()) < conf.tolerance:
+        lam = torch.where(better, lam / 10, lam * 10).clamp(_MIN_DAMPING, _MAX_DAMPING)
+        # a track is done when a kept step gains too little, or when even the largest damping
+        # finds no better step
+        active &= ~((better & (gain < conf.tolerance)) | (~better & (lam >= _MAX_DAMPING)))
+        if not bool(active.any()):
             break
-    return p.double().numpy(), {"cost_initial": initial, "cost_final": float(cost.sum()), "iterations": done}
+    refined = start + offset.double().numpy()
+    refined[tracks.reference] = start[tracks.reference]
+    return refined, {"cost_initial": initial, "cost_final": float(cost.sum()), "iterations": done}

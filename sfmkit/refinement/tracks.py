@@ -28,7 +28,8 @@ class Tracks:
         keypoint: (N,) int64 keypoint index within its image.
         track: (N,) int64 track id of each node, 0 .. T-1; nodes are sorted by track.
         reference: (N,) bool, the fixed keypoint of each track.
-        edges: (E, 2) int64 node indices (within one track) joined by a verified match.
+        edges: (E, 2) int64 indices into the node arrays: two nodes of one track joined by a
+            verified match (each match once).
     """
 
     image: np.ndarray

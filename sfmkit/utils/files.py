@@ -1,8 +1,9 @@
 """Atomic file writes: a crash or Ctrl-C leaves the old file or none, never a partial one.
 
-Every file sfmkit writes whole (models, checkpoints, whitening, reports, labels and patch
-files) goes through :func:`atomic_path`: the content is written under a temporary name in
-the same folder and renamed over the target only when complete.
+Models, checkpoints, training histories, whitening, ``report.json``, labels and patch files go
+through :func:`atomic_path`: the content is written under a temporary name in the same folder
+and renamed over the target only when complete. (Small text outputs such as pairs, pose and
+``K.txt`` files and evaluation results are still written in place.)
 """
 
 from __future__ import annotations
