@@ -20,7 +20,7 @@ from sfmkit.geometry.multi_homography import HomographySet, RansacParams, multi_
 from sfmkit.io.h5 import H5Reader, ItemWriter
 from sfmkit.io.matches import get_pair_matches, inlier_counts, input_features, start_pair_run
 from sfmkit.io.pairs import Pair
-from sfmkit.utils.config import conf_tag
+from sfmkit.utils.config import derived_path
 from sfmkit.utils.parallel import ordered_map
 from sfmkit.utils.progress import track
 
@@ -79,8 +79,7 @@ CONFS: dict[str, VerifyConf] = {
 
 
 def verified_path(conf: VerifyConf, matches: Path, out_dir: Path) -> Path:
-    tag = Path(matches).stem.removeprefix("matches-")
-    return Path(out_dir) / f"verified-{tag}_{conf_tag(conf, CONFS.get(conf.name))}.h5"
+    return derived_path(out_dir, "verified", matches, "matches", conf, CONFS.get(conf.name))
 
 
 def pair_seed(seed: int, pair: Pair) -> np.random.SeedSequence:

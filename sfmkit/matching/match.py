@@ -20,7 +20,7 @@ from sfmkit.io.h5 import H5Reader, read_file_attrs
 from sfmkit.io.matches import start_pair_run
 from sfmkit.matching.coarse_to_fine import coarse_to_fine
 from sfmkit.matching.mutual_nn import mutual_nn
-from sfmkit.utils.config import conf_tag
+from sfmkit.utils.config import derived_path
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.progress import track
 
@@ -62,8 +62,7 @@ CONFS: dict[str, MatchConf] = {
 
 
 def matches_path(conf: MatchConf, features: Path, out_dir: Path) -> Path:
-    feat_tag = Path(features).stem.removeprefix("features-")
-    return Path(out_dir) / f"matches-{feat_tag}_{conf_tag(conf, CONFS.get(conf.name))}.h5"
+    return derived_path(out_dir, "matches", features, "features", conf, CONFS.get(conf.name))
 
 
 class _DescriptorCache:

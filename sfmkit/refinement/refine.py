@@ -41,7 +41,7 @@ from sfmkit.models.weights import load_vgg16
 from sfmkit.refinement.dense import KINDS, WindowFeatures, window_origins
 from sfmkit.refinement.solver import SolverConf, adjust_keypoints
 from sfmkit.refinement.tracks import Tracks, build_tracks
-from sfmkit.utils.config import conf_tag, conf_to_json
+from sfmkit.utils.config import conf_to_json, derived_path
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.progress import track
 
@@ -104,8 +104,7 @@ CONFS: dict[str, RefineConf] = {
 
 def refined_path(conf: RefineConf, verified: Path, out_dir: Path) -> Path:
     """``features-<verified tag>_<refine tag>.h5``."""
-    tag = Path(verified).stem.removeprefix("verified-")
-    return Path(out_dir) / f"features-{tag}_{conf_tag(conf, CONFS.get(conf.name))}.h5"
+    return derived_path(out_dir, "features", verified, "verified", conf, CONFS.get(conf.name))
 
 
 def _level_sizes(levels: tuple[int, ...], full: tuple[int, int]) -> list[int | None]:

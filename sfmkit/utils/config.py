@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sfmkit.errors import ConfigError
@@ -47,3 +48,13 @@ def conf_tag(conf: Any, preset: Any | None) -> str:
         return name
     digest = hashlib.sha1(conf_to_json(conf).encode()).hexdigest()[:8]
     return f"{name}-{digest}"
+
+
+def derived_path(
+    out_dir: Path, prefix: str, source: Path, source_prefix: str, conf: Any, preset: Any | None
+) -> Path:
+    """Output file of a stage that reads ``source`` (``<source_prefix>-<source tag>.h5``) with
+    ``conf``: ``out_dir/<prefix>-<source tag>_<conf tag>.h5``, so that every input file and
+    setting gets its own output."""
+    source_tag = Path(source).stem.removeprefix(f"{source_prefix}-")
+    return Path(out_dir) / f"{prefix}-{source_tag}_{conf_tag(conf, preset)}.h5"
