@@ -40,6 +40,7 @@ from sfmkit.matching.match import match
 from sfmkit.pipelines.methods import Runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
 from sfmkit.reconstruction.mapping import map_images
+from sfmkit.refinement.refine import refine
 from sfmkit.utils.plots import plot_isolated
 from sfmkit.utils.timing import StageTimer
 
@@ -166,7 +167,7 @@ def run_sfmkit_subsets(
     """
     work = out_dir / "_sfmkit"
     mapping = _pool_images(subsets, work / "pool")
-    matcher, verification = conf.stage_confs()
+    matcher, verification, refinement = conf.stage_confs()
     timer = StageTimer()
     all_names = sorted({n for m in mapping.values() for n in m.values()})
     with timer.stage("extract"):
@@ -179,13 +180,24 @@ def run_sfmkit_subsets(
             matches = match(matcher, feats, pairs, work)
         with timer.stage("verify"):
             verified = verify(verification, matches, pairs, work, features=feats)
+        keypoints = feats
+        if refinement is not None:
+            with timer.stage("refine"):
+                keypoints = refine(
+                    refinement, feats, verified, work / "pool", work / subset.name, pairs=pairs
+                )
         k = subset.intrinsics if use_intrinsics else None
         camera = dataclasses.replace(conf.mapping.camera, intrinsics=None if k is None else str(k))
         map_conf = dataclasses.replace(conf.mapping, camera=camera)
         with timer.stage("map"):
             try:
                 model = map_images(
-                    map_conf, work / "pool", verified, pairs, out_dir / subset.name / "sfmkit", features=feats
+                    map_conf,
+                    work / "pool",
+                    verified,
+                    pairs,
+                    out_dir / subset.name / "sfmkit",
+                    features=keypoints,
                 ).reconstruction
             except SfmkitError as exc:
                 logger.warning("%s: sfmkit could not reconstruct: %s", subset.name, exc)
