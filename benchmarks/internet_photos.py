@@ -43,19 +43,27 @@ def main() -> None:
     )
     parser.add_argument("images", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_out"))
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="sfmkit rows to run (default: all); COLMAP always runs"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pycolmap.logging.minloglevel = 2
     out = args.output / args.images.parent.name
     names = list_images(args.images).names
-    runners = {
-        "COLMAP sift (pycolmap)": colmap_sift_runner("auto"),
+    sfmkit_runners = {
         "sfmkit dense-vgg16": sfmkit_runner(ReconstructConf(features=get_conf("dense-vgg16"))),
+        "sfmkit dense-vgg16-ms": sfmkit_runner(ReconstructConf(features=get_conf("dense-vgg16-ms"))),
         "sfmkit dense-vgg16 refine none": sfmkit_runner(
             ReconstructConf(features=get_conf("dense-vgg16"), refine="none")
         ),
         "sfmkit sift": sfmkit_runner(ReconstructConf(features=get_conf("sift"))),
     }
+    unknown = set(args.methods or []) - set(sfmkit_runners)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose among {sorted(sfmkit_runners)}")
+    runners = {"COLMAP sift (pycolmap)": colmap_sift_runner("auto")}
+    runners.update({k: v for k, v in sfmkit_runners.items() if args.methods is None or k in args.methods})
     runs = {}
     for label, run in runners.items():
         start = time.perf_counter()

@@ -167,3 +167,28 @@ def test_features_of_another_image_folder_are_not_reused(image_folder, tmp_path)
         (other / p.name).write_bytes(p.read_bytes())
     with pytest.raises(ConfigError, match="another image dir"):
         extract(CONF, other, tmp_path, device="cpu")
+
+
+def test_pyramid_levels_are_concatenated_after_level_0(tmp_path):
+    folder = tmp_path / "im"
+    folder.mkdir()
+    Image.fromarray(textured_image(0, (320, 256))).save(folder / "a.png")
+    conf = replace(CONF, max_size=320, pyramid=(1.0, 0.5, 0.25, 0.1))  # 0.1: 32x26, too small
+    with H5Reader(extract(conf, folder, tmp_path / "out", device="cpu")) as r:
+        key = ("a.png",)
+        offsets = r.array(key, "pyramid/offsets")
+        kpts = r.array(key, "keypoints")
+        assert list(offsets) == [0, 32 * 40, 32 * 40 + 16 * 20, 32 * 40 + 16 * 20 + 8 * 10]
+        assert len(kpts) == offsets[-1] and r.array(key, "descriptors").shape == (256, offsets[-1])
+        assert list(r.array(key, "pyramid/1/grid_shape")) == [16, 20]
+        assert r.array(key, "pyramid/2/coarse/descriptors").shape == (512, 4 * 5)
+        assert r.optional(key, "pyramid/3/grid_shape") is None
+        # level 1 keypoints: one per 16x16 full-resolution cell (8 px cells of the half-size image)
+        level1 = kpts[offsets[1] : offsets[2]]
+        rows, cols = np.divmod(np.arange(16 * 20), 20)
+        assert np.all((level1[:, 0] >= cols * 16 - 1) & (level1[:, 0] <= cols * 16 + 17))
+        assert np.all((level1[:, 1] >= rows * 16 - 1) & (level1[:, 1] <= rows * 16 + 17))
+    with pytest.raises(ConfigError):
+        replace(CONF, pyramid=(0.5, 0.25))
+    with pytest.raises(ConfigError):
+        replace(CONF, pyramid=(1.0, 0.5, 0.5))

@@ -25,6 +25,7 @@ LAYER = {package: i for i, packages in enumerate(LAYERS) for package in packages
 SAME_LAYER = {
     ("features", "retrieval"),  # global descriptors aggregate conv5 maps as retrieval does
     ("matching", "features"),  # the matcher asks the feature registry whether features are dense
+    ("matching", "geometry"),  # scale search scores pyramid level pairs by a homography fit
 }
 
 

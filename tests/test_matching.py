@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from sfmkit.matching.coarse_to_fine import coarse_to_fine, one_to_one
@@ -75,3 +76,53 @@ def test_one_to_one_keeps_the_best_of_each_index():
     score = torch.tensor([0.9, 0.8, 0.95, 0.5])
     keep = one_to_one(idx0, idx1, score)
     assert keep.tolist() == [True, False, True, True]
+
+
+def test_pyramid_levels_match_a_close_up_at_the_right_scale(rendered_scene, tmp_path):
+    """A 2x digital close-up of a view is matched at the level pair (1, 0): its half-size copy
+    against the full view, with matches that land where the zoom puts them."""
+    import torch
+    from PIL import Image
+
+    from sfmkit.features import get_conf
+    from sfmkit.features.extract import extract
+    from sfmkit.io.h5 import H5Reader
+    from sfmkit.matching.match import MatchConf, _DescriptorCache, choose_levels, match_pair
+    from sfmkit.utils.config import replace
+
+    scene_dir, _ = rendered_scene
+    folder = tmp_path / "images"
+    folder.mkdir()
+    wide = Image.open(scene_dir / "images" / "0000.png").convert("RGB")
+    w, h = wide.size
+    wide.save(folder / "wide.png")
+    box = (w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2)
+    close = wide.crop(box).resize((w, h), Image.Resampling.BICUBIC)
+    close.save(folder / "close.png")
+    Image.open(scene_dir / "images" / "0001.png").convert("RGB").save(folder / "next.png")
+    conf = replace(get_conf("dense-vgg16-ms"), max_size=max(w, h))
+    path = extract(conf, folder, tmp_path / "out", device="cpu")
+    with H5Reader(path, "features") as reader:
+        offsets = reader.array(("close.png",), "pyramid/offsets")
+        assert len(offsets) == 4 and offsets[1] == np.prod(reader.array(("close.png",), "grid_shape"))
+        cache = _DescriptorCache(reader, True, torch.device("cpu"))
+        close_d, wide_d, next_d = cache.get("close.png"), cache.get("wide.png"), cache.get("next.png")
+        assert choose_levels(MatchConf(), close_d, wide_d)[0] == (1, 0)
+        assert choose_levels(MatchConf(), wide_d, close_d)[0] == (0, 1)
+        assert choose_levels(MatchConf(), wide_d, next_d)[0] == (0, 0)
+        result = match_pair(MatchConf(), close_d, wide_d, dense=True)
+        assert list(result["levels"]) == [1, 0]
+        k_close = reader.array(("close.png",), "keypoints")
+        k_wide = reader.array(("wide.png",), "keypoints")
+    i0 = np.nonzero(result["matches0"] >= 0)[0]
+    assert np.all(i0 >= offsets[1]) and np.all(i0 < offsets[2])  # the half-size level of the close-up
+    origin = np.array([w // 4, h // 4])
+    expected = k_close[i0] / 2 + origin
+    error = np.linalg.norm(k_wide[result["matches0"][i0]] - expected, axis=1)
+    # without the pyramid, (0, 0) alone matches the 2x close-up far worse (measured: 61% vs 26% within 4 px)
+    single = match_pair(MatchConf(scale_search=False), close_d, wide_d, dense=True)
+    j0 = np.nonzero(single["matches0"] >= 0)[0]
+    single_error = np.linalg.norm(k_wide[single["matches0"][j0]] - (k_close[j0] / 2 + origin), axis=1)
+    assert (error < 4).sum() > 100
+    assert (error < 4).sum() > (single_error < 4).sum(), ((error < 4).mean(), (single_error < 4).mean())
+    assert (error < 4).mean() > 2 * (single_error < 4).mean(), ((error < 4).mean(), (single_error < 4).mean())

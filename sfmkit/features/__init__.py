@@ -37,6 +37,7 @@ KINDS: dict[str, type] = {kind: conf for kind, (conf, _) in _REGISTRY.items()}
 CONFS: dict[str, FeatureConf] = {
     "dense-vgg16": DenseVGGConf(),
     "dense-vgg16-1600": DenseVGGConf(name="dense-vgg16-1600", max_size=1600),
+    "dense-vgg16-ms": DenseVGGConf(name="dense-vgg16-ms", pyramid=(1.0, 0.5, 0.25)),
     "sift": SiftConf(),
     "multiscale-kp": MultiscaleKPConf(),
 }

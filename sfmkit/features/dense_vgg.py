@@ -4,6 +4,13 @@ One forward pass keeps ``conv1_2`` and ``pool1 .. pool4``. ``pool4`` gives the c
 descriptors (matched over the whole grid), ``pool3`` the fine descriptors (matched inside
 each coarse match), and the norms of ``pool2``, ``pool1`` and ``conv1_2`` relocalise each
 ``pool3`` cell to a pixel. Only these are stored, never whole ``conv1_2`` tensors.
+
+With ``pyramid`` levels below 1 the same is done on smaller copies of the image (e.g. half and
+quarter size), so that images with very different zoom can be matched level against level
+(:mod:`sfmkit.matching.match` picks the level pair of each image pair). The keypoints and fine
+descriptors of all levels are concatenated, level 0 first; level ``k >= 1`` adds
+``pyramid/<k>/grid_shape``, ``pyramid/<k>/coarse/descriptors`` and ``pyramid/<k>/coarse/grid_shape``,
+and ``pyramid/offsets`` (L + 1,) gives the first keypoint index of each level.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 
 from sfmkit.errors import ConfigError, ImageReadError
 from sfmkit.features.relocalize import cells_to_pixels, refine_subpixel, relocalize
@@ -38,6 +46,9 @@ class DenseVGGConf:
             of the conv1_2 norm (measured on Strecha: lower epipolar error of the verified
             matches and lower camera errors; see benchmarks/).
         store_norms: keep the per-pixel descriptor norms of pool2, pool1 and conv1_2.
+        pyramid: image sizes extracted, as fractions of the ``max_size`` image, decreasing
+            from 1.0; levels whose shorter side would fall below 64 px are skipped. More than
+            one level makes matching scale-robust (zoom differences up to about 1/last level).
     """
 
     kind: ClassVar[str] = "dense_vgg"
@@ -52,8 +63,14 @@ class DenseVGGConf:
     relocalize_k: int = 2
     subpixel: bool = True
     store_norms: bool = True
+    pyramid: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
+        levels = tuple(float(v) for v in self.pyramid)
+        decreasing = all(0 < b < a for a, b in zip(levels, levels[1:], strict=False))
+        if not levels or levels[0] != 1.0 or not decreasing:
+            raise ConfigError(f"pyramid must start at 1.0 and decrease within (0, 1], got {self.pyramid}")
+        object.__setattr__(self, "pyramid", levels)
         if self.max_size < 64:
             raise ConfigError(f"max_size must be at least 64 pixels, got {self.max_size}")
         if self.relocalize_k < 2:
@@ -88,7 +105,17 @@ class DenseVGGExtractor:
                 f"{w}x{h} after resizing is too small for dense features (both sides must be "
                 f">= 16 px); its aspect ratio is too extreme for --max-size {self.conf.max_size}"
             )
-        x = torch.from_numpy(image.rgb).to(self.device).permute(2, 0, 1)[None].float()
+        record, norms = self._level(image.rgb, image.scale)
+        record.update(image_size=np.asarray(image.size, np.int32), scale=np.asarray(image.scale, np.float64))
+        if self.conf.store_norms:
+            record.update({f"norms/{n}": norms[n].astype(np.float16) for n in _RELOC_LAYERS})
+        if len(self.conf.pyramid) > 1:
+            self._add_levels(record, image)
+        return record
+
+    def _level(self, rgb: np.ndarray, scale: tuple[float, float]) -> tuple[dict, dict]:
+        """Keypoints, descriptors and grids of one image size, and its relocalisation norms."""
+        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float()
         maps = self.net(x, LAYERS)
         fine, coarse = maps[_FINE][0], maps[_COARSE][0]
         norms = {name: maps[name][0].norm(dim=0).float().cpu().numpy() for name in _RELOC_LAYERS}
@@ -99,15 +126,34 @@ class DenseVGGExtractor:
         if self.conf.subpixel:
             cells = refine_subpixel(norms["conv1_2"], cells)
         record = {
-            "keypoints": cells_to_pixels(cells, image.scale),
+            "keypoints": cells_to_pixels(cells, scale),
             "descriptors": descriptors,
             "scores": scores,
-            "image_size": np.asarray(image.size, np.int32),
             "grid_shape": np.asarray(grid, np.int32),
-            "scale": np.asarray(image.scale, np.float64),
             "coarse/descriptors": coarse_desc,
             "coarse/grid_shape": np.asarray(coarse.shape[-2:], np.int32),
         }
-        if self.conf.store_norms:
-            record.update({f"norms/{n}": norms[n].astype(np.float16) for n in _RELOC_LAYERS})
-        return record
+        return record, norms
+
+    def _add_levels(self, record: dict, image: LoadedImage) -> None:
+        """Append the smaller pyramid levels to the level-0 ``record``."""
+        h, w = image.rgb.shape[:2]
+        keypoints, descriptors, scores = [record["keypoints"]], [record["descriptors"]], [record["scores"]]
+        offsets = [0, len(record["keypoints"])]
+        for k, factor in enumerate(self.conf.pyramid[1:], start=1):
+            lw, lh = round(w * factor), round(h * factor)
+            if min(lw, lh) < 64:
+                break
+            small = np.array(Image.fromarray(image.rgb).resize((lw, lh), Image.Resampling.LANCZOS))
+            scale = (image.scale[0] * w / lw, image.scale[1] * h / lh)
+            level, _ = self._level(small, scale)
+            keypoints.append(level["keypoints"])
+            descriptors.append(level["descriptors"])
+            scores.append(level["scores"])
+            offsets.append(offsets[-1] + len(level["keypoints"]))
+            for key in ("grid_shape", "coarse/descriptors", "coarse/grid_shape"):
+                record[f"pyramid/{k}/{key}"] = level[key]
+        record["keypoints"] = np.concatenate(keypoints)
+        record["descriptors"] = np.concatenate(descriptors, axis=1)
+        record["scores"] = np.concatenate(scores)
+        record["pyramid/offsets"] = np.asarray(offsets, np.int64)

@@ -6,6 +6,7 @@ keypoint of image1 or -1, and ``matching_scores0`` (N0,) float16 (cosine similar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.features import feature_kind
+from sfmkit.geometry.multi_homography import RansacParams, ransac_homography
 from sfmkit.io.h5 import H5Reader, read_file_attrs
 from sfmkit.io.matches import start_pair_run
 from sfmkit.matching.coarse_to_fine import coarse_to_fine
@@ -39,6 +41,13 @@ class MatchConf:
             Strecha it gives about twice the verified matches and lower errors than 0).
         ratio: optional Lowe ratio (both directions); None = no ratio test.
         min_similarity: optional lower bound on the cosine similarity of a match.
+        scale_search: features with pyramid levels (``dense-vgg16-ms``): match the level
+            pairs (0, 0), (0, k) and (k, 0) at the coarse level and keep the one whose coarse
+            matches agree best with one homography (:func:`choose_levels`); the chosen pair
+            is stored as ``levels`` (2,) int8 beside the matches.
+        scale_threshold: inlier threshold of that homography, in coarse cells of the coarser
+            of the two levels.
+        scale_min_similarity: only coarse matches at least this similar count for the choice.
     """
 
     name: str = "mnn-c2f"
@@ -46,6 +55,9 @@ class MatchConf:
     fine_radius: int = 1
     ratio: float | None = None
     min_similarity: float | None = None
+    scale_search: bool = True
+    scale_threshold: float = 1.5
+    scale_min_similarity: float = 0.7
 
     def __post_init__(self) -> None:
         if self.fine_radius < 0:
@@ -65,6 +77,17 @@ def matches_path(conf: MatchConf, features: Path, out_dir: Path) -> Path:
     return derived_path(out_dir, "matches", features, "features", conf, CONFS.get(conf.name))
 
 
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level of a dense item: its coarse descriptors (Nc, Dc) and grid shape, its
+    fine grid shape and the index of its first keypoint (fine descriptor)."""
+
+    coarse: torch.Tensor
+    coarse_shape: tuple[int, int]
+    fine_shape: tuple[int, int]
+    offset: int
+
+
 class _DescriptorCache:
     """Per-image descriptors as torch tensors, least recently used evicted past a byte budget."""
 
@@ -82,10 +105,10 @@ class _DescriptorCache:
             raise SfmkitError(f"{self.reader.path} has no features for {name}; run extract first")
         item = {"fine": self._tensor(self.reader.array(key, "descriptors"))}
         if self.dense:
-            item["fine_shape"] = tuple(int(v) for v in self.reader.array(key, "grid_shape"))
-            item["coarse"] = self._tensor(self.reader.array(key, "coarse/descriptors"))
-            item["coarse_shape"] = tuple(int(v) for v in self.reader.array(key, "coarse/grid_shape"))
-        size = sum(v.numel() * v.element_size() for v in item.values() if isinstance(v, torch.Tensor))
+            item["levels"] = self._levels(key)
+            item["image_size"] = tuple(int(v) for v in self.reader.array(key, "image_size"))
+        size = item["fine"].numel() * item["fine"].element_size()
+        size += sum(lv.coarse.numel() * lv.coarse.element_size() for lv in item.get("levels", []))
         self._items[name] = item
         self._bytes += size
         item["_bytes"] = size
@@ -94,27 +117,114 @@ class _DescriptorCache:
             self._bytes -= old["_bytes"]
         return item
 
+    def _levels(self, key: tuple[str]) -> list[Level]:
+        """The pyramid levels of a dense item (one for features without ``pyramid/``)."""
+        offsets = self.reader.optional(key, "pyramid/offsets")
+        offsets = [0, None] if offsets is None else [int(v) for v in offsets]
+        levels = []
+        for k in range(len(offsets) - 1):
+            prefix = "" if k == 0 else f"pyramid/{k}/"
+            fine_shape = tuple(int(v) for v in self.reader.array(key, f"{prefix}grid_shape"))
+            start = offsets[k]
+            levels.append(
+                Level(
+                    coarse=self._tensor(self.reader.array(key, f"{prefix}coarse/descriptors")),
+                    coarse_shape=tuple(int(v) for v in self.reader.array(key, f"{prefix}coarse/grid_shape")),
+                    fine_shape=fine_shape,
+                    offset=start,
+                )
+            )
+        return levels
+
     def _tensor(self, desc: np.ndarray) -> torch.Tensor:
         """(D, N) stored descriptors -> (N, D) float32 unit vectors."""
         t = torch.from_numpy(np.ascontiguousarray(desc.T)).to(self.device).float()
         return torch.nn.functional.normalize(t, dim=1)
 
 
-def match_pair(conf: MatchConf, d0: dict, d1: dict, dense: bool) -> tuple[np.ndarray, np.ndarray]:
-    """matches0 (N0,) int32 and scores0 (N0,) float16 for one pair of cached descriptors."""
+def _cell_centres(idx: torch.Tensor, shape: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """(M, 2) centres of coarse cells ``idx`` of a ``shape`` grid, in units of the longer side of
+    the full image (so that every pyramid level of an image shares one frame)."""
+    h, w = shape
+    rows, cols = (idx // w).cpu().numpy(), (idx % w).cpu().numpy()
+    longer = max(image_size)
+    return np.stack([(cols + 0.5) / w * image_size[0], (rows + 0.5) / h * image_size[1]], 1) / longer
+
+
+_SCALE_RANSAC = RansacParams(threshold=1.0, max_homographies=1, min_inliers=4, max_iterations=500)
+
+
+def choose_levels(
+    conf: MatchConf, d0: dict, d1: dict
+) -> tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """The pyramid level pair whose coarse mutual matches fit one homography best.
+
+    Tries (0, 0), (0, k) and (k, 0) for every level k of the other image. A level pair's score
+    is the number of its coarse mutual matches that are within ``conf.scale_threshold`` cells
+    (of the coarser of the two grids) of the best RANSAC homography and have a cosine
+    similarity of at least ``conf.scale_min_similarity``. Pool4 descriptors tolerate some
+    zoom, so a 2x close-up still has many geometrically consistent matches at (0, 0), but
+    with lower similarities than at the right scale; counting only confident inliers makes
+    the right level pair win (measured on a 2x digital zoom and on sacre_coeur pairs with
+    known relative scale).
+
+    Returns:
+        The level pair and its coarse matches (indices into the two coarse grids).
+    """
+    l0, l1 = d0["levels"], d1["levels"]
+    combos = [(0, 0)] + [(0, k) for k in range(1, len(l1))] + [(k, 0) for k in range(1, len(l0))]
+    best, best_score, best_matches = (0, 0), -1.0, None
+    rng = np.random.default_rng(0)
+    for k0, k1 in combos:
+        a, b = l0[k0], l1[k1]
+        c0, c1, sim = mutual_nn(a.coarse, b.coarse)
+        score = 0.0
+        if len(combos) > 1 and len(c0) >= 4:
+            p0 = _cell_centres(c0, a.coarse_shape, d0["image_size"])
+            p1 = _cell_centres(c1, b.coarse_shape, d1["image_size"])
+            cell = max(
+                _cell_size(a.coarse_shape, d0["image_size"]), _cell_size(b.coarse_shape, d1["image_size"])
+            )
+            params = dataclasses.replace(_SCALE_RANSAC, threshold=conf.scale_threshold * cell)
+            fit = ransac_homography(p0, p1, params, rng)
+            confident = (sim >= conf.scale_min_similarity).cpu().numpy()
+            score = 0.0 if fit is None else float((fit[1] & confident).sum())
+        if score > best_score:
+            best, best_score, best_matches = (k0, k1), score, (c0, c1)
+    return best, best_matches
+
+
+def _cell_size(shape: tuple[int, int], image_size: tuple[int, int]) -> float:
+    """Side of one coarse cell in the frame of :func:`_cell_centres`."""
+    return max(image_size[0] / shape[1], image_size[1] / shape[0]) / max(image_size)
+
+
+def match_pair(conf: MatchConf, d0: dict, d1: dict, dense: bool) -> dict[str, np.ndarray]:
+    """``matches0`` (N0,) int32 and ``matching_scores0`` (N0,) float16 of one pair of cached
+    descriptors, and ``levels`` (2,) int8 where pyramid levels were searched."""
+    extra = {}
     if dense and conf.coarse_to_fine:
+        if conf.scale_search and max(len(d0["levels"]), len(d1["levels"])) > 1:
+            (k0, k1), coarse = choose_levels(conf, d0, d1)
+            extra["levels"] = np.asarray([k0, k1], np.int8)
+        else:
+            (k0, k1), coarse = (0, 0), None
+        a, b = d0["levels"][k0], d1["levels"][k1]
+        n0, n1 = a.fine_shape[0] * a.fine_shape[1], b.fine_shape[0] * b.fine_shape[1]
         i0, i1, s = coarse_to_fine(
-            d0["coarse"],
-            d1["coarse"],
-            d0["coarse_shape"],
-            d1["coarse_shape"],
-            d0["fine"],
-            d1["fine"],
-            d0["fine_shape"],
-            d1["fine_shape"],
+            a.coarse,
+            b.coarse,
+            a.coarse_shape,
+            b.coarse_shape,
+            d0["fine"][a.offset : a.offset + n0],
+            d1["fine"][b.offset : b.offset + n1],
+            a.fine_shape,
+            b.fine_shape,
             radius=conf.fine_radius,
             min_similarity=conf.min_similarity,
+            coarse_matches=coarse,
         )
+        i0, i1 = i0 + a.offset, i1 + b.offset
     else:
         i0, i1, s = mutual_nn(d0["fine"], d1["fine"], ratio=conf.ratio, min_similarity=conf.min_similarity)
     n0 = d0["fine"].shape[0]
@@ -122,7 +232,7 @@ def match_pair(conf: MatchConf, d0: dict, d1: dict, dense: bool) -> tuple[np.nda
     scores0 = np.zeros(n0, np.float16)
     matches0[i0.cpu().numpy()] = i1.cpu().numpy()
     scores0[i0.cpu().numpy()] = s.cpu().numpy()
-    return matches0, scores0
+    return {"matches0": matches0, "matching_scores0": scores0, **extra}
 
 
 def match(
@@ -166,7 +276,6 @@ def match(
         cache = _DescriptorCache(reader, dense, resolve_device(device))
         with run.writer, torch.inference_mode():
             for name0, name1 in track(run.todo, f"match {conf.name}"):
-                matches0, scores0 = match_pair(conf, cache.get(name0), cache.get(name1), dense)
-                run.writer.write((name0, name1), {"matches0": matches0, "matching_scores0": scores0})
+                run.writer.write((name0, name1), match_pair(conf, cache.get(name0), cache.get(name1), dense))
     run.finish()
     return path

@@ -48,7 +48,7 @@ from sfmkit.utils.progress import track
 logger = logging.getLogger(__name__)
 
 #: Datasets of a feature file that the refined file does not copy (dense maps for matching).
-_NOT_COPIED = ("descriptors", "coarse", "norms")
+_NOT_COPIED = ("descriptors", "coarse", "norms", "pyramid")
 
 
 @dataclass(frozen=True)
