@@ -124,14 +124,12 @@ class _DescriptorCache:
         levels = []
         for k in range(len(offsets) - 1):
             prefix = "" if k == 0 else f"pyramid/{k}/"
-            fine_shape = tuple(int(v) for v in self.reader.array(key, f"{prefix}grid_shape"))
-            start = offsets[k]
             levels.append(
                 Level(
                     coarse=self._tensor(self.reader.array(key, f"{prefix}coarse/descriptors")),
                     coarse_shape=tuple(int(v) for v in self.reader.array(key, f"{prefix}coarse/grid_shape")),
-                    fine_shape=fine_shape,
-                    offset=start,
+                    fine_shape=tuple(int(v) for v in self.reader.array(key, f"{prefix}grid_shape")),
+                    offset=offsets[k],
                 )
             )
         return levels
@@ -179,7 +177,7 @@ def choose_levels(
         a, b = l0[k0], l1[k1]
         c0, c1, sim = mutual_nn(a.coarse, b.coarse)
         score = 0.0
-        if len(combos) > 1 and len(c0) >= 4:
+        if len(c0) >= 4:
             p0 = _cell_centres(c0, a.coarse_shape, d0["image_size"])
             p1 = _cell_centres(c1, b.coarse_shape, d1["image_size"])
             cell = max(
