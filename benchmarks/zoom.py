@@ -74,6 +74,7 @@ def main() -> None:
             wall = time.perf_counter() - start
             score = score_model(args.scene, result.reconstruction)
             close = score["cameras"].get(view)
+            others = [c["position_m"] for n, c in score["cameras"].items() if n != view]
             rows.append(
                 {
                     "scene": args.scene.name,
@@ -83,12 +84,7 @@ def main() -> None:
                     "close_up_registered": close is not None,
                     "close_up_position_mm": None if close is None else round(1000 * close["position_m"], 1),
                     "close_up_rotation_deg": None if close is None else round(close["rotation_deg"], 3),
-                    "others_position_mean_mm": round(
-                        1000
-                        * sum(c["position_m"] for n, c in score["cameras"].items() if n != view)
-                        / max(1, len(score["cameras"]) - (close is not None)),
-                        1,
-                    ),
+                    "others_position_mean_mm": round(1000 * sum(others) / max(1, len(others)), 1),
                     "wall_s": round(wall, 1),
                 }
             )

@@ -81,7 +81,6 @@ def test_one_to_one_keeps_the_best_of_each_index():
 def test_pyramid_levels_match_a_close_up_at_the_right_scale(rendered_scene, tmp_path):
     """A 2x digital close-up of a view is matched at the level pair (1, 0): its half-size copy
     against the full view, with matches that land where the zoom puts them."""
-    import torch
     from PIL import Image
 
     from sfmkit.features import get_conf
@@ -114,15 +113,17 @@ def test_pyramid_levels_match_a_close_up_at_the_right_scale(rendered_scene, tmp_
         assert list(result["levels"]) == [1, 0]
         k_close = reader.array(("close.png",), "keypoints")
         k_wide = reader.array(("wide.png",), "keypoints")
+
+    def errors(matches0: np.ndarray) -> np.ndarray:
+        """Distance of each match in the wide view from where the 2x zoom puts it."""
+        i0 = np.nonzero(matches0 >= 0)[0]
+        return np.linalg.norm(k_wide[matches0[i0]] - (k_close[i0] / 2 + [w // 4, h // 4]), axis=1)
+
     i0 = np.nonzero(result["matches0"] >= 0)[0]
     assert np.all(i0 >= offsets[1]) and np.all(i0 < offsets[2])  # the half-size level of the close-up
-    origin = np.array([w // 4, h // 4])
-    expected = k_close[i0] / 2 + origin
-    error = np.linalg.norm(k_wide[result["matches0"][i0]] - expected, axis=1)
+    error = errors(result["matches0"])
     # without the pyramid, (0, 0) alone matches the 2x close-up far worse (measured: 61% vs 26% within 4 px)
-    single = match_pair(MatchConf(scale_search=False), close_d, wide_d, dense=True)
-    j0 = np.nonzero(single["matches0"] >= 0)[0]
-    single_error = np.linalg.norm(k_wide[single["matches0"][j0]] - (k_close[j0] / 2 + origin), axis=1)
+    single_error = errors(match_pair(MatchConf(scale_search=False), close_d, wide_d, dense=True)["matches0"])
     assert (error < 4).sum() > 100
     assert (error < 4).sum() > (single_error < 4).sum(), ((error < 4).mean(), (single_error < 4).mean())
     assert (error < 4).mean() > 2 * (single_error < 4).mean(), ((error < 4).mean(), (single_error < 4).mean())
