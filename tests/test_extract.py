@@ -160,12 +160,17 @@ def test_too_thin_images_are_skipped_not_fatal(image_folder, tmp_path):
 
 
 def test_features_of_another_image_folder_are_not_reused(image_folder, tmp_path):
-    extract(CONF, image_folder, tmp_path, device="cpu")
+    path = extract(CONF, image_folder, tmp_path, device="cpu")
     other = tmp_path / "other"
     other.mkdir()
     for p in image_folder.iterdir():
         (other / p.name).write_bytes(p.read_bytes())
-    with pytest.raises(ConfigError, match="another image dir"):
+    # the same images in another place (a moved folder): reused, nothing recomputed
+    extract(CONF, other, tmp_path, device="cpu")
+    assert json_attr(path, "last_run")["computed"] == 0
+    first = sorted(other.iterdir())[0]
+    Image.fromarray(textured_image(7, (96, 64))).save(first)  # one image replaced
+    with pytest.raises(ConfigError, match="not the ones"):
         extract(CONF, other, tmp_path, device="cpu")
 
 

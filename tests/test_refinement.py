@@ -246,7 +246,10 @@ def test_refine_stage_reuses_recomputes_and_refuses(reconstructed_scene, tmp_pat
     assert refine(RefineConf(radius=3), features, verified, images, work) != first
     copy = tmp_path / "copy"
     shutil.copytree(images, copy)
-    with pytest.raises(ConfigError, match="another image dir"):
+    assert refine(RefineConf(), features, verified, copy, work) == first  # the same images, moved
+    replaced = sorted(p for p in copy.iterdir() if p.is_file())[0]
+    replaced.write_bytes(sorted(p for p in copy.iterdir() if p.is_file())[1].read_bytes())
+    with pytest.raises(ConfigError, match="not the ones"):
         refine(RefineConf(), features, verified, copy, work)
     # bad inputs: clear errors
     with pytest.raises(SfmkitError, match="not an sfmkit feature file"):

@@ -311,11 +311,19 @@ def test_mean_average_precision_skips_queries_without_relevant_items():
     assert used == 0 and np.isnan(value)
 
 
-def test_retrieval_pairs_spec_is_not_confused_with_a_pairs_file():
-    from sfmkit.pipelines.reconstruct import retrieval_k
+def test_retrieval_pairs_spec_is_not_confused_with_a_pairs_file(tmp_path, monkeypatch):
+    from sfmkit.errors import SfmkitError
+    from sfmkit.io.pairs import parse_pairs_spec
 
-    assert retrieval_k("retrieval") == 10
-    assert retrieval_k("retrieval:5") == 5
-    assert retrieval_k("retrieval.txt") is None
-    assert retrieval_k("retrieval_pairs.txt") is None
-    assert retrieval_k("exhaustive") is None
+    assert parse_pairs_spec("retrieval", retrieval=True).n == 10
+    assert parse_pairs_spec("retrieval:5", retrieval=True).n == 5
+    monkeypatch.chdir(tmp_path)
+    for name in ("retrieval.txt", "retrieval_pairs.txt"):
+        (tmp_path / name).write_text("a.jpg b.jpg\n")
+        assert parse_pairs_spec(name, retrieval=True).kind == "file"
+    assert parse_pairs_spec("exhaustive", retrieval=True).kind == "exhaustive"
+    for bad in ("retrieval:0", "retrieval:x", "missing.txt"):
+        with pytest.raises(SfmkitError):
+            parse_pairs_spec(bad, retrieval=True)
+    with pytest.raises(SfmkitError, match="sfmkit retrieve"):
+        parse_pairs_spec("retrieval:5")

@@ -136,7 +136,10 @@ def _interval(text: str, option: str) -> tuple[float, float]:
 @handle_errors
 def labels_cmd(
     model: Annotated[Path, typer.Argument(help="COLMAP model folder (cameras, images, points3D).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Labels file to write (.h5).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Labels file to write (.h5; default MODEL/labels.h5)."),
+    ] = None,
     mesh: Annotated[Path | None, typer.Option("--mesh", help="Surface mesh of the scene (PLY, OBJ).")] = None,
     mesh_from_model: Annotated[
         bool, typer.Option("--mesh-from-model", help="Poisson surface from the model's points.")
@@ -169,6 +172,8 @@ def labels_cmd(
         thresholds=LabelThresholds(t_sfm, _interval(strong, "--strong"), _interval(weak, "--weak")),
         plot_pairs=plot_pairs,
     )
+    if output is None:
+        output = Path(model) / "labels.h5"
     start = time.perf_counter()
     result = build_gl3d_labels(model, output, conf, images_dir=images, gl3d_text=gl3d_text)
     rows = [(k.replace("_", " "), v) for k, v in result.counts.items()]

@@ -17,6 +17,7 @@ from sfmkit.cli.common import (
     ImageListOpt,
     ImagesArg,
     IntrinsicsOpt,
+    MaxPixelsOpt,
     MaxSizeOpt,
     OverwriteOpt,
     ReconstructPairsOpt,
@@ -25,6 +26,7 @@ from sfmkit.cli.common import (
     choices,
     feature_conf,
     handle_errors,
+    logger,
     map_conf,
     mapping_rows,
     print_unregistered,
@@ -32,15 +34,31 @@ from sfmkit.cli.common import (
     summary_table,
     timings_rows,
 )
+from sfmkit.io.images import DEFAULT_MAX_PIXELS
 from sfmkit.pipelines.reconstruct import REFINE_CHOICES, ReconstructConf, reconstruct
 
 RefineChoice = choices("RefineChoice", REFINE_CHOICES)
 
 
+def default_output(images: Path) -> Path:
+    """The output folder when ``-o`` is not given: ``sfmkit`` beside a folder called
+    ``images`` (COLMAP's project layout), else ``<images>-sfmkit`` beside it."""
+    images = Path(images).resolve()
+    return images.parent / ("sfmkit" if images.name == "images" else f"{images.name}-sfmkit")
+
+
 @handle_errors
 def reconstruct_cmd(
     images: ImagesArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output folder (default: beside IMAGES, 'sfmkit' when IMAGES is called 'images', "
+            "else '<IMAGES>-sfmkit').",
+        ),
+    ] = None,
     features: FeaturesOpt = FeaturePreset("dense-vgg16"),  # type: ignore[call-arg]
     max_size: MaxSizeOpt = None,
     weights: WeightsOpt = None,
@@ -62,6 +80,7 @@ def reconstruct_cmd(
     refine_intrinsics: RefineOpt = False,
     device: DeviceOpt = "auto",
     image_list: ImageListOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Images to a calibrated sparse model: extract, match, verify, refine, map."""
@@ -72,12 +91,21 @@ def reconstruct_cmd(
         refine=None if refine is None else refine.value,
         mapping=map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics),
     )
+    if output is None:
+        output = default_output(images)
+        logger.info("writing to %s (choose another folder with -o)", output)
     result = reconstruct(
-        conf, images, output, image_names=read_image_list(image_list), overwrite=overwrite, device=device
+        conf,
+        images,
+        output,
+        image_names=read_image_list(image_list),
+        overwrite=overwrite,
+        device=device,
+        max_pixels=max_pixels,
     )
     stats = result.mapping.stats
     skipped = result.counts.get("skipped_images") or {}
-    rows = [("model", result.mapping.path), *mapping_rows(stats)]
+    rows = [("output", output), ("model", result.mapping.path), *mapping_rows(stats)]
     if skipped:
         rows.append(("images skipped (unreadable)", len(skipped)))
     peak = result.peak_memory_mb.get("max", 0.0)

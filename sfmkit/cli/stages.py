@@ -47,7 +47,7 @@ from sfmkit.features.global_descriptors import GlobalConf
 from sfmkit.geometry import verify as verify_mod
 from sfmkit.io.h5 import json_attr, list_items, read_file_attrs
 from sfmkit.io.images import DEFAULT_MAX_PIXELS
-from sfmkit.io.pairs import make_pairs
+from sfmkit.io.pairs import make_pairs, parse_pairs_spec
 from sfmkit.matching import match as match_mod
 from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import map_images
@@ -199,13 +199,14 @@ def match_cmd(
     """Match image pairs: mutual nearest neighbours (coarse-to-fine for dense features)."""
     if not features.is_file():
         raise SfmkitError(f"feature file {features} does not exist; run `sfmkit extract` first")
+    spec = parse_pairs_spec(pairs)
     out = _out(output, features)
     kind = feature_kind(read_file_attrs(features).get("extractor"))
     preset = matcher.value if matcher is not None else kind.default_matcher
     conf = replace(match_mod.CONFS[preset], fine_radius=fine_radius, ratio=ratio)
     start = time.perf_counter()
     names = sorted(k[0] for k in list_items(features, 1))
-    pairs_path = make_pairs(pairs, names, out)
+    pairs_path = make_pairs(spec, names, out)
     path = match_mod.match(conf, features, pairs_path, out, overwrite=overwrite, device=device)
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")
@@ -323,11 +324,12 @@ def map_cmd(
     camera_model: CameraModelOpt = "SIMPLE_RADIAL",
     intrinsics: IntrinsicsOpt = None,
     refine_intrinsics: RefineOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Incremental mapping with pycolmap; writes the COLMAP model, model.ply and report.json."""
     conf = map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics)
     start = time.perf_counter()
-    result = map_images(conf, images, verified, pairs, output, features=features)
+    result = map_images(conf, images, verified, pairs, output, features=features, overwrite=overwrite)
     seconds = time.perf_counter() - start
     write_report(
         output,

@@ -13,11 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from sfmkit.errors import ImageReadError
+from sfmkit.errors import ImageReadError, SfmkitError
 from sfmkit.features import CONFS, FeatureConf, make_extractor
 from sfmkit.features.global_descriptors import GLOBAL_CONFS, GlobalConf, GlobalExtractor
 from sfmkit.io.h5 import ItemWriter, json_attr
-from sfmkit.io.images import DEFAULT_MAX_PIXELS, LoadedImage, list_images, read_image
+from sfmkit.io.images import (
+    DEFAULT_MAX_PIXELS,
+    FINGERPRINT,
+    LoadedImage,
+    check_fingerprints,
+    image_fingerprint,
+    list_images,
+    read_image,
+    stored_fingerprints,
+)
 from sfmkit.models.weights import sha256_file
 from sfmkit.utils.config import conf_tag, conf_to_json
 from sfmkit.utils.device import resolve_device
@@ -43,6 +52,24 @@ def weights_identity(conf: Any) -> dict[str, str]:
         if path.suffix in (".pt", ".pth") and path.is_file():
             out["weights_sha256" if attr == "weights" else f"{attr}_sha256"] = sha256_file(path)
     return out
+
+
+def check_weights(conf: Any) -> None:
+    """Refuse, before any work, a weights option that cannot load: an unknown VGG16 source or
+    a missing ``.pt`` file (``weights``, ``detector``, ``descriptor`` attributes)."""
+    from sfmkit.models.weights import WEIGHT_SOURCES
+
+    for attr in ("weights", "detector", "descriptor"):
+        value = getattr(conf, attr, None)
+        if value is None or value in ("default", "random"):
+            continue
+        if Path(value).suffix in (".pt", ".pth"):
+            if not Path(value).is_file():
+                raise SfmkitError(f"--weights: the {attr} file {value} does not exist; check the path")
+        elif attr != "weights" or value not in WEIGHT_SOURCES:
+            raise SfmkitError(
+                f"unknown --weights {value!r}; use one of {', '.join(WEIGHT_SOURCES)} or a .pt file"
+            )
 
 
 def _prefetch(
@@ -86,6 +113,7 @@ def extract(
     Returns:
         Path of the feature file.
     """
+    check_weights(conf)
     return extract_items(
         features_path(conf, out_dir),
         "features",
@@ -124,14 +152,17 @@ def extract_items(
     """
     images = Path(images)
     listing = list_images(images, image_names)
+    created = not Path(path).exists() or overwrite
     writer = ItemWriter(
         path,
         stage,
         conf_to_json(conf),
         overwrite=overwrite,
-        identity={"image_dir": str(images.resolve()), **weights_identity(conf)},
-        extra_attrs=extra_attrs,
+        identity=weights_identity(conf),
+        extra_attrs={**(extra_attrs or {}), "image_dir": str(images.resolve())},
     )
+    if writer.done:  # resuming: the images must be those the stored items came from
+        check_fingerprints(stored_fingerprints(path, listing.names), images, path)
     previous_skips = json_attr(path, "skipped", {}) or {}
     todo = [n for n in listing.names if (n,) not in writer.done]
     reused = len(listing.names) - len(todo)
@@ -141,7 +172,12 @@ def extract_items(
     computed = 0
     start = time.perf_counter()
     if todo:
-        extractor = make()
+        try:
+            extractor = make()
+        except BaseException:
+            if created and not writer.done:
+                path.unlink(missing_ok=True)  # leave no empty file behind a device or weights error
+            raise
         with writer:
             stream = _prefetch(images, todo, conf.max_size, max_pixels)
             for name, loaded in track(stream, label, total=len(todo)):
@@ -154,7 +190,7 @@ def extract_items(
                     logger.warning("skipping %s", reason)
                     skipped[name] = reason
                     continue
-                writer.write((name,), record)
+                writer.write((name,), record, {FINGERPRINT: image_fingerprint(images / name)})
                 computed += 1
                 logger.debug("extracted %s", name)
     listed = set(listing.names)

@@ -17,7 +17,7 @@ import numpy as np
 
 from sfmkit.errors import ConfigError
 from sfmkit.geometry.multi_homography import HomographySet, RansacParams, multi_homography_ransac
-from sfmkit.io.h5 import H5Reader, ItemWriter
+from sfmkit.io.h5 import H5Reader, ItemWriter, file_reference
 from sfmkit.io.matches import get_pair_matches, inlier_counts, input_features, start_pair_run
 from sfmkit.io.pairs import Pair
 from sfmkit.utils.config import derived_path
@@ -164,7 +164,7 @@ def verify(
     """
     features = input_features(matches, features)
     path = verified_path(conf, matches, out_dir)
-    identity = {"features": str(features.resolve()), "matches": str(Path(matches).resolve())}
+    identity = {"features": file_reference(features, path), "matches": file_reference(matches, path)}
     with H5Reader(features, "features") as feats, H5Reader(matches, "matches") as mreader:
         names = {k[0] for k in feats.items(1)}
         run = start_pair_run(path, "verified", conf, pairs, names, identity=identity, overwrite=overwrite)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -48,19 +49,38 @@ def item_path(key: tuple[str, ...]) -> str:
     return "/".join(encode_name(k) for k in key)
 
 
-def _writable_dir(path: Path) -> None:
+def check_writable_dir(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written in it."""
+    folder = Path(folder)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SfmkitError(f"cannot create output folder {path.parent}: {exc.strerror}") from exc
-    probe = path.parent / f".sfmkit-write-test-{path.name}"
+        raise SfmkitError(f"cannot create output folder {folder}: {exc.strerror}; choose another -o") from exc
+    probe = folder / f".sfmkit-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise SfmkitError(
-            f"output folder {path.parent} is not writable ({exc.strerror}); choose another -o"
+            f"output folder {folder} is not writable ({exc.strerror}); choose another -o"
         ) from exc
+
+
+#: Identity attributes that name another file; stored relative to the stage file's folder, so
+#: an output folder can be moved or copied and resumed.
+REFERENCE_KEYS = ("features", "matches", "verified", "source_features")
+
+
+def file_reference(target: Path, stage_file: Path) -> str:
+    """How a stage file records ``target``: its path relative to the stage file's folder."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(stage_file).resolve().parent)).as_posix()
+
+
+def resolve_reference(value: str, stage_file: Path) -> Path:
+    """The file a recorded reference names (relative ones from the stage file's folder; older
+    files hold absolute paths)."""
+    path = Path(value)
+    return path if path.is_absolute() else Path(stage_file).parent / path
 
 
 def read_file_attrs(path: Path) -> dict[str, Any]:
@@ -127,7 +147,7 @@ class ItemWriter:
         self.flush_seconds = flush_seconds
         self._buffer: list[tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, Any]]] = []
         self._last_flush = time.monotonic()
-        _writable_dir(self.path)
+        check_writable_dir(self.path.parent)
         if overwrite and self.path.exists():
             self.path.unlink()
         self._open_or_create(stage, config_json, identity or {}, extra_attrs or {})
@@ -140,11 +160,7 @@ class ItemWriter:
             try:
                 attrs = read_file_attrs(self.path)
             except SfmkitError as exc:
-                aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-                self.path.rename(aside)
-                logger.warning(
-                    "%s could not be opened (%s); moved it to %s and starting afresh", self.path, exc, aside
-                )
+                self._move_aside(exc, stage)
                 attrs = None
             if attrs is not None:
                 self._check_compatible(attrs, stage, config_json, identity)
@@ -152,12 +168,28 @@ class ItemWriter:
                     for key, value in extra.items():
                         f.attrs[key] = value
                 return
+        self._create(stage, config_json, {**identity, **extra})
+
+    def _create(self, stage: str, config_json: str, attrs: dict[str, Any]) -> None:
         with h5py.File(self.path, "w") as f:
             f.attrs["sfmkit_schema"] = SCHEMA_VERSION
             f.attrs["stage"] = stage
             f.attrs["config"] = config_json
-            for key, value in {**identity, **extra}.items():
+            for key, value in attrs.items():
                 f.attrs[key] = value
+
+    def _move_aside(self, reason: object, stage: str | None = None) -> Path:
+        """Rename a damaged file to ``<name>.corrupt-<time>``; a fresh file is made by the caller."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        self.path.rename(aside)
+        logger.warning(
+            "%s is damaged (%s); moved it to %s and recomputing its items (delete that copy once "
+            "this run has finished)",
+            self.path,
+            reason,
+            aside,
+        )
+        return aside
 
     def _check_compatible(
         self, attrs: dict[str, Any], stage: str, config_json: str, identity: dict[str, str]
@@ -174,23 +206,46 @@ class ItemWriter:
                 "pass --overwrite to recompute it, or use another output folder"
             )
         for key, value in identity.items():
-            if attrs.get(key) != value:
+            old = attrs.get(key)
+            if old != value and key in REFERENCE_KEYS and isinstance(old, str) and old:
+                if (
+                    resolve_reference(old, self.path).resolve()
+                    == resolve_reference(value, self.path).resolve()
+                ):
+                    continue  # the same file, recorded as an absolute path by an older sfmkit
+            if old != value:
                 raise ConfigError(
                     f"{self.path} was made from another {key.replace('_', ' ')} ({attrs.get(key)}, "
                     f"now {value}); pass --overwrite to recompute it, or use another output folder"
                 )
 
     def _scan_complete(self) -> set[tuple[str, ...]]:
-        """Complete item keys; incomplete items (an interrupted write) are deleted."""
+        """Complete item keys; incomplete items (an interrupted write) are deleted. A file
+        whose item tree cannot be read (damaged in the middle) is moved aside, its readable
+        complete items copied into a fresh file."""
+        try:
+            return self._scan(self.path)
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            attrs = read_file_attrs(self.path)
+            aside = self._move_aside(exc)
+            config = json.dumps(attrs.pop("config", None), sort_keys=True)
+            stage = str(attrs.pop("stage", ""))
+            attrs.pop("sfmkit_schema", None)
+            self._create(stage, config, attrs)
+            kept = _salvage(aside, self.path, self.depth)
+            logger.warning("%s: kept %d readable item(s) of the damaged file", self.path, kept)
+            return self._scan(self.path)
+
+    def _scan(self, path: Path) -> set[tuple[str, ...]]:
         done: set[tuple[str, ...]] = set()
-        with h5py.File(self.path, "a") as f:
+        with h5py.File(path, "a") as f:
             stale = []
             for key, group in _walk(f, self.depth):
                 (done.add(key) if group.attrs.get(COMPLETE, False) else stale.append(group.name))
             for name in stale:
                 del f[name]
         if stale:
-            logger.info("%s: removed %d incomplete item(s) of an interrupted run", self.path, len(stale))
+            logger.info("%s: removed %d incomplete item(s) of an interrupted run", path, len(stale))
         return done
 
     def pending(self, keys: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
@@ -219,7 +274,7 @@ class ItemWriter:
                     del f[path]
                 group = f.create_group(path)
                 for name, array in datasets.items():
-                    group.create_dataset(name, data=np.asarray(array))
+                    _create_dataset(group, name, np.asarray(array))
                 for name, value in attrs.items():
                     group.attrs[name] = value
                 group.attrs[COMPLETE] = True
@@ -247,6 +302,73 @@ class ItemWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.flush()
+
+
+def _create_dataset(group: h5py.Group, name: str, array: np.ndarray) -> None:
+    """A dataset with a Fletcher-32 checksum (non-empty arrays), so damaged data is detected
+    on reading instead of being used."""
+    if array.ndim and array.size:
+        group.create_dataset(name, data=array, fletcher32=True)
+    else:
+        group.create_dataset(name, data=array)
+
+
+def _salvage(damaged: Path, target: Path, depth: int) -> int:
+    """Copy the complete items of ``damaged`` that can be read whole into ``target``."""
+    kept = 0
+    try:
+        src = h5py.File(damaged, "r")
+    except OSError:
+        return 0
+    with src, h5py.File(target, "a") as dst:
+        try:
+            items = _walk_tolerant(src, depth)
+        except (OSError, KeyError, RuntimeError, ValueError):
+            return 0
+        for key, group in items:
+            try:
+                if not group.attrs.get(COMPLETE, False):
+                    continue
+                group.visititems(_read_dataset)
+                path = item_path(key)
+                if "/" in path:
+                    dst.require_group(path.rsplit("/", 1)[0])
+                src.copy(group, dst, name=path)
+                kept += 1
+            except (OSError, KeyError, RuntimeError, ValueError):
+                if item_path(key) in dst:
+                    del dst[item_path(key)]
+    return kept
+
+
+def _read_dataset(name: str, obj: Any) -> None:
+    if isinstance(obj, h5py.Dataset):
+        obj[()]
+
+
+def _walk_tolerant(f: h5py.File, depth: int) -> list[tuple[tuple[str, ...], h5py.Group]]:
+    """Like :func:`_walk`, skipping links that cannot be opened."""
+    out: list[tuple[tuple[str, ...], h5py.Group]] = []
+
+    def visit(group: h5py.Group, prefix: tuple[str, ...]) -> None:
+        try:
+            keys = list(group.keys())
+        except (OSError, KeyError, RuntimeError, ValueError):
+            return
+        for key in keys:
+            try:
+                child = group[key]
+            except (OSError, KeyError, RuntimeError, ValueError):
+                continue
+            if isinstance(child, h5py.Group):
+                k = (*prefix, decode_name(key))
+                if len(k) == depth:
+                    out.append((k, child))
+                else:
+                    visit(child, k)
+
+    visit(f, ())
+    return out
 
 
 def _walk(f: h5py.File, depth: int) -> list[tuple[tuple[str, ...], h5py.Group]]:
@@ -319,11 +441,20 @@ class H5Reader:
 
     def array(self, key: tuple[str, ...], name: str) -> np.ndarray:
         """Dataset ``name`` (may contain ``/``) of item ``key``."""
-        return self.file[f"{item_path(key)}/{name}"][()]
+        return self._read(key, name)
 
     def optional(self, key: tuple[str, ...], name: str) -> np.ndarray | None:
         path = f"{item_path(key)}/{name}"
-        return self.file[path][()] if path in self.file else None
+        return self._read(key, name) if path in self.file else None
+
+    def _read(self, key: tuple[str, ...], name: str) -> np.ndarray:
+        try:
+            return self.file[f"{item_path(key)}/{name}"][()]
+        except OSError as exc:
+            raise SfmkitError(
+                f"{self.path}: the {name} of {'/'.join(key)} is damaged ({exc}); delete the file (or "
+                "pass --overwrite) and run the stage that made it again"
+            ) from exc
 
     def attrs(self, key: tuple[str, ...]) -> dict[str, Any]:
         return {k: _attr_value(v) for k, v in self.file[item_path(key)].attrs.items()}

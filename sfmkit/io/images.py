@@ -8,18 +8,22 @@ and the COLMAP model see an image.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from sfmkit.errors import ImageReadError, SfmkitError
+from sfmkit.errors import ConfigError, ImageReadError, SfmkitError
+from sfmkit.io.h5 import H5Reader
+from sfmkit.io.pairs import check_names
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +91,38 @@ def list_images(root: Path, image_list: Sequence[str] | None = None) -> ImageLis
     if image_list is not None:
         return _check_image_list(root, image_list)
     names, ignored = [], []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        (names if path.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(rel.as_posix())
+    for rel in _walk_files(root):
+        (names if rel.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(rel.as_posix())
     if not names:
         raise SfmkitError(
             f"no images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
             "pass the folder that holds the photos"
         )
     _warn_case_collisions(names)
+    check_names(names, root)
     if ignored:
         logger.info("ignoring %d non-image file(s) in %s: %s", len(ignored), root, ignored[:5])
     return ImageListing(root, names, ignored)
+
+
+def _walk_files(root: Path) -> list[Path]:
+    """Files under ``root`` relative to it, sorted; hidden files and folders skipped.
+    Symbolic links to folders are followed (each real folder once, so a link loop ends)."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            logger.warning("%s links to a folder already listed (%s); not listed twice", top, real)
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel_top = Path(top).relative_to(root)
+        for name in files:
+            if not name.startswith(".") and os.path.isfile(os.path.join(top, name)):
+                found.append(rel_top / name)
+    return sorted(found)
 
 
 def _check_image_list(root: Path, image_list: Sequence[str]) -> ImageListing:
@@ -120,6 +142,7 @@ def _check_image_list(root: Path, image_list: Sequence[str]) -> ImageListing:
         raise SfmkitError(f"{len(missing)} listed image(s) not found under {root}: {missing[:5]}")
     if not image_list:
         raise SfmkitError("the image list is empty")
+    check_names(image_list, root)
     return ImageListing(root, list(image_list), [])
 
 
@@ -134,6 +157,66 @@ def _warn_case_collisions(names: list[str]) -> None:
             "and in COLMAP databases moved there): %s",
             clashes[:5],
         )
+
+
+#: Item attribute of a stage file holding the fingerprint of the image it was computed from.
+FINGERPRINT = "image_fingerprint"
+
+#: Bytes hashed at each end of an image file by :func:`image_fingerprint`.
+_FINGERPRINT_BYTES = 1 << 18
+
+
+def image_fingerprint(path: Path) -> str:
+    """A cheap identity of an image file: its size and a BLAKE2b digest of its first and last
+    256 KiB. Stored with each image's features, so that a later stage can tell that an image
+    folder is the one the features came from, wherever either folder has moved."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.blake2b(digest_size=12)
+    with path.open("rb") as f:
+        digest.update(f.read(_FINGERPRINT_BYTES))
+        if size > 2 * _FINGERPRINT_BYTES:
+            f.seek(-_FINGERPRINT_BYTES, os.SEEK_END)
+            digest.update(f.read())
+    return f"{size}:{digest.hexdigest()}"
+
+
+def stored_fingerprints(path: Path, names: Sequence[str]) -> dict[str, str | None]:
+    """The image fingerprints recorded in the stage file ``path`` for those of ``names`` it
+    holds (None where an older sfmkit recorded none)."""
+    with H5Reader(path) as reader:
+        return {n: reader.attrs((n,)).get(FINGERPRINT) for n in names if reader.has((n,))}
+
+
+def check_fingerprints(stored: Mapping[str, str | None], image_dir: Path, made: Path) -> None:
+    """Refuse an image folder whose images differ from those ``made`` (a stage file) was
+    computed from; ``stored`` maps image names to their recorded fingerprints (None: not
+    recorded, by an older sfmkit)."""
+    image_dir = Path(image_dir)
+    differ = []
+    for name, value in stored.items():
+        if not value:
+            continue
+        path = image_dir / name
+        if not path.is_file() or image_fingerprint(path) != value:
+            differ.append(name)
+    if differ:
+        raise ConfigError(
+            f"{len(differ)} image(s) in {image_dir} are not the ones {made} was computed from "
+            f"(first: {differ[0]}); pass the image folder the features were extracted from, or "
+            "pass --overwrite (or another -o) to start again from these images"
+        )
+
+
+def exif_camera(path: Path) -> str:
+    """``make model`` from the EXIF data of ``path`` ("" when absent or unreadable); opens the
+    file without decoding pixels, so any image size is fine and Pillow warns of nothing."""
+    try:
+        with _open(Path(path), max_pixels=2**62) as image:
+            exif = image.getexif()
+            return f"{exif.get(0x010F, '')} {exif.get(0x0110, '')}".strip()
+    except Exception:  # noqa: BLE001 - EXIF is optional metadata
+        return ""
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:

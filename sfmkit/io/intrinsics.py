@@ -24,11 +24,12 @@ def read_intrinsics(path: Path) -> np.ndarray:
     if values.size == 4:
         fx, fy, cx, cy = values
         k = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
-    elif values.size >= 9:
-        k = values[:9].reshape(3, 3)
+    elif values.size == 9:
+        k = values.reshape(3, 3)
     else:
         raise SfmkitError(
-            f"{path}: expected a 3x3 matrix (9 numbers) or 'fx fy cx cy', got {values.size} numbers"
+            f"{path}: expected a 3x3 matrix (9 numbers) or 'fx fy cx cy', got {values.size} "
+            "numbers; write K alone (a 3x4 projection matrix is not read)"
         )
     if not (k[0, 0] > 0 and k[1, 1] > 0 and np.allclose(k[2], [0, 0, 1])):
         raise SfmkitError(f"{path}: not a calibration matrix (need fx, fy > 0 and last row 0 0 1):\n{k}")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sfmkit.errors import SfmkitError
-from sfmkit.io.h5 import H5Reader, ItemWriter, item_path, read_file_attrs
+from sfmkit.io.h5 import H5Reader, ItemWriter, item_path, read_file_attrs, resolve_reference
 from sfmkit.io.pairs import Pair, read_pairs
 from sfmkit.utils.config import conf_to_json
 
@@ -56,9 +56,11 @@ def inlier_counts(path: Path, pairs: list[Pair]) -> dict[Pair, int]:
 
 def input_features(produced_from: Path, override: Path | None) -> Path:
     """The feature file a stage file was made from (its ``features`` attribute), or ``override``."""
-    features = (
-        Path(override) if override is not None else Path(read_file_attrs(produced_from).get("features", ""))
-    )
+    if override is not None:
+        features = Path(override)
+    else:
+        recorded = read_file_attrs(produced_from).get("features", "")
+        features = resolve_reference(recorded, produced_from) if recorded else Path("")
     if not features.is_file():
         raise SfmkitError(f"the feature file of {produced_from} ({features}) is missing; pass --features")
     return features

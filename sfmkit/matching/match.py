@@ -18,7 +18,7 @@ import torch
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.features import feature_kind
 from sfmkit.geometry.multi_homography import RansacParams, ransac_homography
-from sfmkit.io.h5 import H5Reader, read_file_attrs
+from sfmkit.io.h5 import H5Reader, file_reference, read_file_attrs
 from sfmkit.io.matches import start_pair_run
 from sfmkit.matching.coarse_to_fine import coarse_to_fine
 from sfmkit.matching.mutual_nn import mutual_nn
@@ -268,7 +268,7 @@ def match(
             conf,
             pairs,
             {k[0] for k in reader.items(1)},
-            identity={"features": str(Path(features).resolve())},
+            identity={"features": file_reference(features, path)},
             overwrite=overwrite,
         )
         cache = _DescriptorCache(reader, dense, resolve_device(device))

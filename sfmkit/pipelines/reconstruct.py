@@ -13,15 +13,16 @@ from typing import Any
 
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.features import FeatureConf, get_conf
-from sfmkit.features.extract import extract
+from sfmkit.features.extract import check_weights, extract
 from sfmkit.features.global_descriptors import GlobalConf
 from sfmkit.geometry import verify as verify_mod
 from sfmkit.geometry.verify import VerifyConf, verify
 from sfmkit.io.h5 import json_attr, list_items
-from sfmkit.io.images import list_images
-from sfmkit.io.pairs import make_pairs
+from sfmkit.io.images import DEFAULT_MAX_PIXELS, list_images
+from sfmkit.io.pairs import PairsSpec, make_pairs
 from sfmkit.matching import match as match_mod
 from sfmkit.matching.match import MatchConf, match
+from sfmkit.pipelines import checks
 from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images
 from sfmkit.refinement import refine as refine_mod
@@ -87,18 +88,36 @@ class ReconstructResult:
     peak_memory_mb: dict[str, float] = field(default_factory=dict)
 
 
-def retrieval_k(spec: str) -> int | None:
-    """K of a ``retrieval:K`` pairs spec (``retrieval`` alone: 10); None for other specs."""
-    if spec != "retrieval" and not spec.startswith("retrieval:"):
-        return None
-    _, _, value = spec.partition(":")
-    try:
-        k = int(value) if value else 10
-    except ValueError:
-        raise SfmkitError(f"--pairs {spec!r}: write retrieval:K with an integer K") from None
-    if k < 1:
-        raise SfmkitError(f"--pairs {spec!r}: K must be at least 1")
-    return k
+def run_config(conf: ReconstructConf) -> dict[str, Any]:
+    """What ``report.json`` records as the run's configuration (the stage presets resolved)."""
+    matcher, verification, refinement = conf.stage_confs()
+    return {
+        **conf_to_dict(conf),
+        "matcher": conf_to_dict(matcher),
+        "verify": conf_to_dict(verification),
+        "refine": None if refinement is None else conf_to_dict(refinement),
+    }
+
+
+def preflight(
+    conf: ReconstructConf,
+    images: Path,
+    out_dir: Path,
+    *,
+    image_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+) -> PairsSpec:
+    """Every check that needs no stage to have run (see :mod:`sfmkit.pipelines.checks`);
+    returns the parsed ``--pairs``."""
+    listing = checks.check_images(images, image_names)
+    spec = checks.check_pairs(conf.pairs, listing.names, retrieval=True)
+    checks.check_camera(conf.mapping.camera)
+    checks.check_device(device)
+    check_weights(conf.features)
+    checks.check_output(out_dir)
+    checks.check_same_options(out_dir, "reconstruct", run_config(conf), overwrite=overwrite)
+    return spec
 
 
 def reconstruct(
@@ -109,29 +128,41 @@ def reconstruct(
     image_names: Sequence[str] | None = None,
     overwrite: bool = False,
     device: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ReconstructResult:
     """Run every stage; each one resumes from what ``out_dir`` already holds."""
     matcher, verification, refinement = conf.stage_confs()
     out_dir = Path(out_dir)
+    spec = preflight(conf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device)
     timer = StageTimer()
     counts: dict[str, Any] = {}
     with timer.stage("extract"):
         feats = extract(
-            conf.features, images, out_dir, image_names=image_names, overwrite=overwrite, device=device
+            conf.features,
+            images,
+            out_dir,
+            image_names=image_names,
+            overwrite=overwrite,
+            device=device,
+            max_pixels=max_pixels,
         )
     counts["extract"] = json_attr(feats, "last_run")
     counts["skipped_images"] = json_attr(feats, "skipped", {})
     # the images of this run (a feature file may hold more, from earlier runs)
     wanted = set(list_images(images, image_names).names)
     names = sorted(k[0] for k in list_items(feats, 1) if k[0] in wanted)
-    top_k = retrieval_k(conf.pairs)
-    if top_k is not None:
+    if len(names) < 2:
+        raise SfmkitError(
+            f"need at least 2 images with features to reconstruct, have {len(names)}; "
+            "see the skipped images in the extract summary"
+        )
+    if spec.kind == "retrieval":
         with timer.stage("retrieve"):
             found = retrieve(
                 images,
                 out_dir,
                 GlobalConf(),
-                SearchConf(top_k=top_k),
+                SearchConf(top_k=spec.n),
                 image_names=names,
                 overwrite=overwrite,
                 device=device,
@@ -140,7 +171,7 @@ def reconstruct(
         counts["retrieve"] = {k: v for k, v in found.counts.items() if k != "skipped_images"}
     else:
         with timer.stage("pairs"):
-            pairs = make_pairs(conf.pairs, names, out_dir)
+            pairs = make_pairs(spec, names, out_dir)
     with timer.stage("match"):
         matches = match(matcher, feats, pairs, out_dir, overwrite=overwrite, device=device)
     counts["match"] = json_attr(matches, "last_run")
@@ -155,16 +186,13 @@ def reconstruct(
             )
         counts["refine"] = json_attr(keypoints, "last_run")
     with timer.stage("map"):
-        result = map_images(conf.mapping, images, verified, pairs, out_dir / "sfm", features=keypoints)
+        result = map_images(
+            conf.mapping, images, verified, pairs, out_dir / "sfm", features=keypoints, overwrite=overwrite
+        )
     report = write_report(
         out_dir,
         "reconstruct",
-        config={
-            **conf_to_dict(conf),
-            "matcher": conf_to_dict(matcher),
-            "verify": conf_to_dict(verification),
-            "refine": None if refinement is None else conf_to_dict(refinement),
-        },
+        config=run_config(conf),
         inputs={"images": str(Path(images).resolve()), "pairs": str(pairs)},
         outputs={
             "features": feats,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
-from PIL import Image
 
 from sfmkit.errors import ConfigError
+from sfmkit.io.images import exif_camera
 from sfmkit.io.intrinsics import read_intrinsics
 
 logger = logging.getLogger(__name__)
@@ -58,15 +58,6 @@ class ImageCamera:
     exif_camera: str  # "make model" from EXIF, "" if absent
 
 
-def _exif_camera(path: Path) -> str:
-    try:
-        with Image.open(path) as image:
-            exif = image.getexif()
-            return f"{exif.get(0x010F, '')} {exif.get(0x0110, '')}".strip()
-    except Exception:  # noqa: BLE001 - EXIF is optional metadata
-        return ""
-
-
 def _exif_focal(path: Path, size: tuple[int, int]) -> float | None:
     """EXIF focal length in pixels of the (possibly rotated) image of ``size``."""
     try:
@@ -80,7 +71,7 @@ def _exif_focal(path: Path, size: tuple[int, int]) -> float | None:
 
 
 def describe_image(path: Path, size: tuple[int, int]) -> ImageCamera:
-    return ImageCamera(size, _exif_focal(path, size), _exif_camera(path))
+    return ImageCamera(size, _exif_focal(path, size), exif_camera(path))
 
 
 def group_images(names: Sequence[str], info: dict[str, ImageCamera], mode: str) -> list[list[str]]:

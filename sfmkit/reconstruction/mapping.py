@@ -2,11 +2,14 @@
 
 Writes into the output folder: ``database.db``, the largest model as COLMAP binary files
 (``cameras.bin``, ``images.bin``, ``points3D.bin``, ...), ``model.ply``, every model found
-under ``models/<k>/``, and ``pairs-verified.txt``.
+under ``models/<k>/``, ``pairs-verified.txt`` and ``map-run.json`` (the options, a digest of
+the inputs and the statistics of the finished model: an identical rerun reuses the model).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -16,13 +19,15 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from sfmkit.errors import SfmkitError
-from sfmkit.io.h5 import H5Reader
-from sfmkit.io.images import read_image
+from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.io.h5 import H5Reader, check_writable_dir
+from sfmkit.io.images import check_fingerprints, read_image, stored_fingerprints
 from sfmkit.io.matches import input_features, read_verified
 from sfmkit.io.pairs import read_pairs, write_pairs
-from sfmkit.reconstruction.cameras import CameraConf
+from sfmkit.reconstruction.cameras import CameraConf, load_known_k
 from sfmkit.reconstruction.database import create_database, import_matches
+from sfmkit.utils.config import conf_to_dict, config_differences
+from sfmkit.utils.files import write_text_atomic
 from sfmkit.utils.progress import bar, track
 
 logger = logging.getLogger(__name__)
@@ -204,6 +209,42 @@ def _run_mapper(
     return best, models, attempts
 
 
+#: The map stage's record of a finished model: its config, a digest of its inputs and its
+#: statistics. An identical rerun reuses the model; a rerun with other options is refused.
+RUN_FILE = "map-run.json"
+
+
+def _inputs_digest(
+    feats: H5Reader, names: list[str], matches: dict[tuple[str, str], np.ndarray], fingerprints: dict
+) -> str:
+    """SHA-1 of everything the mapper reads: keypoints, image fingerprints, verified matches."""
+    digest = hashlib.sha1()
+    for name in names:
+        digest.update(name.encode() + b"\0" + str(fingerprints.get(name)).encode())
+        digest.update(np.ascontiguousarray(feats.array((name,), "keypoints"), np.float64).tobytes())
+    for (a, b), m in sorted(matches.items()):
+        digest.update(f"{a}\0{b}\0".encode() + np.ascontiguousarray(m, np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _previous_run(out_dir: Path, config: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The record of the model in ``out_dir``; refused when made with other options."""
+    path = out_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    differences = config_differences(previous.get("config", {}), config)
+    if differences and not overwrite:
+        raise ConfigError(
+            f"{out_dir} holds a model made with other options ({'; '.join(differences[:6])}); pass "
+            "--overwrite to replace it, or choose another output folder"
+        )
+    return None if differences else previous
+
+
 def map_images(
     conf: MapConf,
     image_dir: Path,
@@ -212,13 +253,19 @@ def map_images(
     out_dir: Path,
     *,
     features: Path | None = None,
+    overwrite: bool = False,
 ) -> MapResult:
-    """Reconstruct the images of ``pairs`` from their verified matches."""
+    """Reconstruct the images of ``pairs`` from their verified matches.
+
+    A model already in ``out_dir`` made from the same inputs with the same options is reused;
+    one made with other options is refused unless ``overwrite``; with the same options and
+    other inputs (new images, other pairs) it is recomputed.
+    """
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SfmkitError(f"cannot create output folder {out_dir}: {exc.strerror}") from exc
+    load_known_k(conf.camera)  # a bad --intrinsics fails before anything is touched
+    check_writable_dir(out_dir)
+    config = conf_to_dict(conf)
+    previous = _previous_run(out_dir, config, overwrite)
     features = input_features(verified, features)
     db_path = out_dir / "database.db"
     with H5Reader(features, "features") as feats, H5Reader(verified, "verified") as ver:
@@ -231,17 +278,24 @@ def map_images(
                 f"{len(missing)} image(s) of the feature file are not in {image_dir} (first: {missing[0]}); "
                 "pass the image folder the features were extracted from"
             )
-        image_ids = create_database(db_path, image_dir, names, feats, conf.camera)
+        fingerprints = stored_fingerprints(features, names)
+        check_fingerprints(fingerprints, image_dir, features)
         matches = {}
         for pair in pair_list:
             m = read_verified(ver, pair)
             if m is not None and len(m) >= conf.min_num_matches:
                 matches[pair] = m
-    if not matches:
-        raise SfmkitError(
-            "no image pair has enough verified matches to start a reconstruction; check that the "
-            "images overlap, or try more pairs (--pairs exhaustive) or a larger --max-size"
-        )
+        if not matches:
+            raise SfmkitError(
+                "no image pair has enough verified matches to start a reconstruction; check that the "
+                "images overlap, or try more pairs (--pairs exhaustive) or a larger --max-size"
+            )
+        digest = _inputs_digest(feats, names, matches, fingerprints)
+        reused = _reuse(out_dir, previous, digest)
+        if reused is not None:
+            return reused
+        (out_dir / RUN_FILE).unlink(missing_ok=True)  # the old record no longer describes sfm/
+        image_ids = create_database(db_path, image_dir, names, feats, conf.camera)
     write_pairs(out_dir / "pairs-verified.txt", matches.keys())
     two_view = pycolmap.TwoViewGeometryOptions()
     two_view.ransac.max_error = conf.two_view_max_error
@@ -263,4 +317,19 @@ def map_images(
     if best is not None:
         registered = {img.name for img in best.images.values() if img.has_pose}
         stats["unregistered"] = sorted(set(names) - registered)
+    record = {"config": config, "inputs_sha1": digest, "stats": stats}
+    write_text_atomic(out_dir / RUN_FILE, json.dumps(record, indent=2, default=str) + "\n")
     return MapResult(out_dir, best, stats)
+
+
+def _reuse(out_dir: Path, previous: dict[str, Any] | None, digest: str) -> MapResult | None:
+    """The finished model of ``out_dir`` when it was made from inputs of digest ``digest``."""
+    if previous is None or previous.get("inputs_sha1") != digest:
+        return None
+    stats = previous.get("stats", {})
+    if not stats.get("registered"):
+        return MapResult(out_dir, None, stats)
+    if not all((out_dir / f).is_file() for f in ("cameras.bin", "images.bin", "points3D.bin")):
+        return None
+    logger.info("%s: same inputs and options as the model already there; reusing it", out_dir)
+    return MapResult(out_dir, pycolmap.Reconstruction(out_dir), stats)

@@ -33,8 +33,17 @@ import numpy as np
 import torch
 
 from sfmkit.errors import ConfigError, SfmkitError
-from sfmkit.io.h5 import H5Reader, ItemWriter, item_path, json_attr, list_items, read_file_attrs
-from sfmkit.io.images import read_image
+from sfmkit.io.h5 import (
+    H5Reader,
+    ItemWriter,
+    file_reference,
+    item_path,
+    json_attr,
+    list_items,
+    read_file_attrs,
+    resolve_reference,
+)
+from sfmkit.io.images import FINGERPRINT, check_fingerprints, read_image, stored_fingerprints
 from sfmkit.io.matches import read_verified
 from sfmkit.io.pairs import Pair, read_pairs
 from sfmkit.models.weights import load_vgg16
@@ -169,7 +178,7 @@ def refine(
     if src_attrs.get("stage") != "features" or src_attrs.get("refined"):
         raise SfmkitError(f"{features} is not an sfmkit feature file; pass the output of `sfmkit extract`")
     made_from = read_file_attrs(verified).get("features")
-    if made_from and Path(made_from) != Path(features).resolve():
+    if made_from and resolve_reference(made_from, verified).resolve() != Path(features).resolve():
         raise SfmkitError(
             f"{verified} was made from {made_from}, not {features}: pass the feature file its "
             "matches were computed from"
@@ -189,15 +198,16 @@ def refine(
                 conf_to_json(conf),
                 overwrite=fresh,
                 identity={
-                    "features": str(Path(features).resolve()),
-                    "verified": str(Path(verified).resolve()),
-                    "image_dir": str(Path(images).resolve()),
+                    "features": file_reference(features, path),
+                    "verified": file_reference(verified, path),
                 },
                 extra_attrs={**{k: src_attrs[k] for k in ("extractor",) if k in src_attrs}, "refined": True},
             )
 
         writer = open_writer(overwrite)
         names, tracks = load_tracks(verified, pair_list)
+        fingerprints = stored_fingerprints(features, names)
+        check_fingerprints(fingerprints, Path(images), features)
         if names and all((n,) in writer.done for n in names) and json_attr(path, "pairs_sha1") == digest:
             logger.info("%s: already refined, reusing it", path.name)
             return path
@@ -214,10 +224,11 @@ def refine(
         shifts = refined - original
         with writer:
             for name, sel in zip(track(names, "write refined"), _by_image(tracks, len(names)), strict=True):
-                writer.write((name,), _record(feats, name, tracks, sel, refined, shifts))
+                attrs = {FINGERPRINT: fingerprints[name]} if fingerprints.get(name) else {}
+                writer.write((name,), _record(feats, name, tracks, sel, refined, shifts), attrs)
     moved = np.linalg.norm(shifts[~tracks.reference], axis=1)
     writer.set_attrs(
-        source_features=str(Path(features).resolve()),
+        source_features=file_reference(features, path),
         pairs_sha1=json.dumps(digest),
         last_run={
             "images": len(names),

@@ -58,3 +58,23 @@ def derived_path(
     setting gets its own output."""
     source_tag = Path(source).stem.removeprefix(f"{source_prefix}-")
     return Path(out_dir) / f"{prefix}-{source_tag}_{conf_tag(conf, preset)}.h5"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, child in value.items():
+            out.update(_flatten(child, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting that differs (nested keys dotted)."""
+    a = _flatten(json.loads(json.dumps(old, default=str)))
+    b = _flatten(json.loads(json.dumps(new, default=str)))
+    return [
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
