@@ -17,3 +17,8 @@ class ImageReadError(SfmkitError):
 
 class ConfigError(SfmkitError):
     """A configuration is invalid, or an existing output was made with another one."""
+
+
+class DamagedFileError(SfmkitError):
+    """An item of a stage file failed to read (a checksum or a damaged structure); the item
+    is noted so that the stage that wrote the file recomputes it on its next run."""

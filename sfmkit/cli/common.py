@@ -216,19 +216,25 @@ CameraModelOpt = Annotated[
 IntrinsicsOpt = Annotated[
     Path | None, typer.Option("--intrinsics", help="Known calibration: K.txt (3x3, for the images as given).")
 ]
+ThreadsOpt = Annotated[
+    int, typer.Option("--num-threads", help="Threads of the mapper (-1: all cores; see docs on determinism).")
+]
 RefineOpt = Annotated[
     bool, typer.Option("--refine-intrinsics", help="With --intrinsics: refine them in bundle adjustment.")
 ]
 
 
-def map_conf(camera_mode: str, camera_model: str, intrinsics: Path | None, refine: bool) -> MapConf:
+def map_conf(
+    camera_mode: str, camera_model: str, intrinsics: Path | None, refine: bool, num_threads: int = -1
+) -> MapConf:
     return MapConf(
         camera=CameraConf(
             mode=camera_mode,
             model=camera_model,
             intrinsics=None if intrinsics is None else str(intrinsics.resolve()),
             refine_intrinsics=refine,
-        )
+        ),
+        num_threads=num_threads,
     )
 
 

@@ -138,7 +138,9 @@ def labels_cmd(
     model: Annotated[Path, typer.Argument(help="COLMAP model folder (cameras, images, points3D).")],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Labels file to write (.h5; default MODEL/labels.h5)."),
+        typer.Option(
+            "--output", "-o", help="Labels file to write (.h5; default labels.h5 beside the MODEL folder)."
+        ),
     ] = None,
     mesh: Annotated[Path | None, typer.Option("--mesh", help="Surface mesh of the scene (PLY, OBJ).")] = None,
     mesh_from_model: Annotated[
@@ -173,7 +175,7 @@ def labels_cmd(
         plot_pairs=plot_pairs,
     )
     if output is None:
-        output = Path(model) / "labels.h5"
+        output = Path(model).resolve().parent / "labels.h5"
     start = time.perf_counter()
     result = build_gl3d_labels(model, output, conf, images_dir=images, gl3d_text=gl3d_text)
     rows = [(k.replace("_", " "), v) for k, v in result.counts.items()]

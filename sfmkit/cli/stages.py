@@ -28,6 +28,7 @@ from sfmkit.cli.common import (
     OverwriteOpt,
     PairsOpt,
     RefineOpt,
+    ThreadsOpt,
     WeightsOpt,
     choices,
     console,
@@ -324,10 +325,11 @@ def map_cmd(
     camera_model: CameraModelOpt = "SIMPLE_RADIAL",
     intrinsics: IntrinsicsOpt = None,
     refine_intrinsics: RefineOpt = False,
+    num_threads: ThreadsOpt = -1,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Incremental mapping with pycolmap; writes the COLMAP model, model.ply and report.json."""
-    conf = map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics)
+    conf = map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics, num_threads)
     start = time.perf_counter()
     result = map_images(conf, images, verified, pairs, output, features=features, overwrite=overwrite)
     seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ import pycolmap
 from sfmkit.errors import SfmkitError
 from sfmkit.eval.plots import plot_top_view
 from sfmkit.eval.poses import mean_relative_rotation_error, pose_errors
+from sfmkit.io.images import list_images
 from sfmkit.io.poses import model_poses
 from sfmkit.io.strecha import read_scene
 from sfmkit.pipelines.methods import MethodResult, Runner
@@ -85,6 +86,19 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_scene(scene: Path) -> None:
+    """Refuse a scene whose ground-truth cameras do not name at least 3 of its images."""
+    truth = read_scene(scene)
+    names = list_images(Path(scene) / "images").names
+    common = set(truth) & set(names)
+    if len(common) < 3:
+        raise SfmkitError(
+            f"{scene}: only {len(common)} of the {len(names)} images in images/ have a ground-truth "
+            f"camera in gt_dense_cameras/ (first camera file: {sorted(truth)[0]}.camera, first image: "
+            f"{names[0]}); name each camera file <image name>.camera"
+        )
+
+
 def evaluate_strecha(
     scenes: Sequence[Path],
     out_dir: Path,
@@ -107,7 +121,7 @@ def evaluate_strecha(
         raise SfmkitError("--model scores one model: pass exactly one scene")
     rows: list[dict[str, Any]] = []
     for scene in map(Path, scenes):
-        read_scene(scene)  # fails early on a folder that is not a Strecha scene
+        check_scene(scene)  # fails early on a folder that is not a Strecha scene
         results: dict[str, MethodResult] = {}
         if model is not None:
             results["model"] = MethodResult(pycolmap.Reconstruction(model), {}, Path(model))

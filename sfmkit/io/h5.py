@@ -19,19 +19,23 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.errors import ConfigError, DamagedFileError, SfmkitError
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 COMPLETE = "complete"
+
+#: What h5py raises on a file damaged in the middle (a bad B-tree, heap or checksum).
+_DAMAGE = (OSError, KeyError, RuntimeError, ValueError)
 
 
 def encode_name(name: str) -> str:
@@ -152,6 +156,7 @@ class ItemWriter:
             self.path.unlink()
         self._open_or_create(stage, config_json, identity or {}, extra_attrs or {})
         self.done = self._scan_complete()
+        self._drop_damaged()
 
     def _open_or_create(
         self, stage: str, config_json: str, identity: dict[str, str], extra: dict[str, Any]
@@ -221,20 +226,25 @@ class ItemWriter:
 
     def _scan_complete(self) -> set[tuple[str, ...]]:
         """Complete item keys; incomplete items (an interrupted write) are deleted. A file
-        whose item tree cannot be read (damaged in the middle) is moved aside, its readable
-        complete items copied into a fresh file."""
+        whose item tree cannot be read (damaged in the middle) is recovered (:meth:`_recover`)."""
         try:
             return self._scan(self.path)
-        except (OSError, KeyError, RuntimeError, ValueError) as exc:
-            attrs = read_file_attrs(self.path)
-            aside = self._move_aside(exc)
-            config = json.dumps(attrs.pop("config", None), sort_keys=True)
-            stage = str(attrs.pop("stage", ""))
-            attrs.pop("sfmkit_schema", None)
-            self._create(stage, config, attrs)
-            kept = _salvage(aside, self.path, self.depth)
-            logger.warning("%s: kept %d readable item(s) of the damaged file", self.path, kept)
-            return self._scan(self.path)
+        except _DAMAGE as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # a full disk or a permission, not a damaged file
+            return self._recover(exc)
+
+    def _recover(self, exc: BaseException) -> set[tuple[str, ...]]:
+        """Move a damaged file aside and copy its readable complete items into a fresh one."""
+        attrs = read_file_attrs(self.path)
+        aside = self._move_aside(exc)
+        config = json.dumps(attrs.pop("config", None), sort_keys=True)
+        stage = str(attrs.pop("stage", ""))
+        attrs.pop("sfmkit_schema", None)
+        self._create(stage, config, attrs)
+        kept = _salvage(aside, self.path, self.depth)
+        logger.warning("%s: kept %d readable item(s) of the damaged file", self.path, kept)
+        return self._scan(self.path)
 
     def _scan(self, path: Path) -> set[tuple[str, ...]]:
         done: set[tuple[str, ...]] = set()
@@ -247,6 +257,25 @@ class ItemWriter:
         if stale:
             logger.info("%s: removed %d incomplete item(s) of an interrupted run", path, len(stale))
         return done
+
+    def _drop_damaged(self) -> None:
+        """Delete the items a reader found damaged (see :func:`_note_damaged`), to recompute them."""
+        note = _damaged_note(self.path)
+        if not note.is_file():
+            return
+        keys = {tuple(json.loads(line)) for line in note.read_text().splitlines() if line.strip()}
+        try:
+            with h5py.File(self.path, "a") as f:
+                for key in keys:
+                    if item_path(key) in f:
+                        del f[item_path(key)]
+        except _DAMAGE as exc:  # the damage reaches the file's structure: copy what reads well
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            self.done = self._recover(exc)
+        self.done -= keys
+        note.unlink()
+        logger.warning("%s: recomputing %d damaged item(s)", self.path, len(keys))
 
     def pending(self, keys: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
         """``keys`` not yet written (a pair also counts as written when stored reversed)."""
@@ -264,9 +293,21 @@ class ItemWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the queued items, each whole, then close the file."""
+        """Write the queued items, each whole, then close the file. A file found damaged
+        while writing is recovered (:meth:`_recover`) and the items written again."""
         if not self._buffer:
             return
+        try:
+            self._write_buffer()
+        except (OSError, KeyError, RuntimeError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # a full disk or a permission, not a damaged file
+            self.done = self._recover(exc)
+            self._write_buffer()
+        self._buffer.clear()
+        self._last_flush = time.monotonic()
+
+    def _write_buffer(self) -> None:
         with h5py.File(self.path, "a") as f:
             for key, datasets, attrs in self._buffer:
                 path = item_path(key)
@@ -279,8 +320,6 @@ class ItemWriter:
                     group.attrs[name] = value
                 group.attrs[COMPLETE] = True
                 self.done.add(key)
-        self._buffer.clear()
-        self._last_flush = time.monotonic()
 
     def set_attrs(self, **attrs: Any) -> None:
         """Set file attributes (JSON-encodes dicts and lists)."""
@@ -304,6 +343,20 @@ class ItemWriter:
         self.flush()
 
 
+def _damaged_note(path: Path) -> Path:
+    return Path(path).with_name(f"{Path(path).name}.damaged")
+
+
+def _note_damaged(path: Path, key: tuple[str, ...]) -> bool:
+    """Record that item ``key`` of ``path`` failed its checksum, for the next writer to drop."""
+    try:
+        with _damaged_note(path).open("a") as f:
+            f.write(json.dumps(list(key)) + "\n")
+        return True
+    except OSError:
+        return False
+
+
 def _create_dataset(group: h5py.Group, name: str, array: np.ndarray) -> None:
     """A dataset with a Fletcher-32 checksum (non-empty arrays), so damaged data is detected
     on reading instead of being used."""
@@ -323,7 +376,7 @@ def _salvage(damaged: Path, target: Path, depth: int) -> int:
     with src, h5py.File(target, "a") as dst:
         try:
             items = _walk_tolerant(src, depth)
-        except (OSError, KeyError, RuntimeError, ValueError):
+        except _DAMAGE:
             return 0
         for key, group in items:
             try:
@@ -335,7 +388,7 @@ def _salvage(damaged: Path, target: Path, depth: int) -> int:
                     dst.require_group(path.rsplit("/", 1)[0])
                 src.copy(group, dst, name=path)
                 kept += 1
-            except (OSError, KeyError, RuntimeError, ValueError):
+            except _DAMAGE:
                 if item_path(key) in dst:
                     del dst[item_path(key)]
     return kept
@@ -353,12 +406,12 @@ def _walk_tolerant(f: h5py.File, depth: int) -> list[tuple[tuple[str, ...], h5py
     def visit(group: h5py.Group, prefix: tuple[str, ...]) -> None:
         try:
             keys = list(group.keys())
-        except (OSError, KeyError, RuntimeError, ValueError):
+        except _DAMAGE:
             return
         for key in keys:
             try:
                 child = group[key]
-            except (OSError, KeyError, RuntimeError, ValueError):
+            except _DAMAGE:
                 continue
             if isinstance(child, h5py.Group):
                 k = (*prefix, decode_name(key))
@@ -437,30 +490,64 @@ class H5Reader:
 
     def has(self, key: tuple[str, ...]) -> bool:
         path = item_path(key)
-        return path in self.file and bool(self.file[path].attrs.get(COMPLETE, False))
+        with self._guard(key, "item"):
+            return path in self.file and bool(self.file[path].attrs.get(COMPLETE, False))
 
     def array(self, key: tuple[str, ...], name: str) -> np.ndarray:
         """Dataset ``name`` (may contain ``/``) of item ``key``."""
-        return self._read(key, name)
+        with self._guard(key, name):
+            return self.file[f"{item_path(key)}/{name}"][()]
 
     def optional(self, key: tuple[str, ...], name: str) -> np.ndarray | None:
         path = f"{item_path(key)}/{name}"
-        return self._read(key, name) if path in self.file else None
+        with self._guard(key, name):
+            return self.file[path][()] if path in self.file else None
 
-    def _read(self, key: tuple[str, ...], name: str) -> np.ndarray:
-        try:
-            return self.file[f"{item_path(key)}/{name}"][()]
-        except OSError as exc:
-            raise SfmkitError(
-                f"{self.path}: the {name} of {'/'.join(key)} is damaged ({exc}); delete the file (or "
-                "pass --overwrite) and run the stage that made it again"
-            ) from exc
+    def shape(self, key: tuple[str, ...], name: str) -> tuple[int, ...]:
+        """Shape of dataset ``name`` of item ``key``, without reading it."""
+        with self._guard(key, name):
+            return tuple(self.file[f"{item_path(key)}/{name}"].shape)
+
+    def datasets(
+        self, key: tuple[str, ...], skip: Callable[[str], bool] = lambda name: False
+    ) -> dict[str, np.ndarray]:
+        """Every dataset of item ``key`` by its path inside the item, except those ``skip``s."""
+        out: dict[str, np.ndarray] = {}
+
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset) and not skip(name):
+                out[name] = obj[()]
+
+        with self._guard(key, "datasets"):
+            self.file[item_path(key)].visititems(visit)
+        return out
 
     def attrs(self, key: tuple[str, ...]) -> dict[str, Any]:
-        return {k: _attr_value(v) for k, v in self.file[item_path(key)].attrs.items()}
+        with self._guard(key, "attributes"):
+            return {k: _attr_value(v) for k, v in self.file[item_path(key)].attrs.items()}
 
     def items(self, depth: int) -> list[tuple[str, ...]]:
-        return [k for k, g in _walk(self.file, depth) if g.attrs.get(COMPLETE, False)]
+        with self._guard((), "item list"):
+            return [k for k, g in _walk(self.file, depth) if g.attrs.get(COMPLETE, False)]
+
+    @contextmanager
+    def _guard(self, key: tuple[str, ...], what: str) -> Iterator[None]:
+        """Turn h5py's errors on damaged data into :class:`DamagedFileError` naming the file,
+        the item and what to do; the item is noted so that its stage recomputes it."""
+        try:
+            yield
+        except _DAMAGE as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            noted = bool(key) and _note_damaged(self.path, key)
+            todo = (
+                "run the command that made this file again: it recomputes that item ('reconstruct' "
+                "does so by itself)"
+                if noted
+                else "delete the file (or pass --overwrite) and run the command that made it again"
+            )
+            where = f"the {what} of {'/'.join(key)}" if key else f"its {what}"
+            raise DamagedFileError(f"{self.path}: {where} is damaged ({exc}); {todo}") from exc
 
     def pair_key(self, pair: tuple[str, str]) -> tuple[tuple[str, str], bool]:
         """The key ``pair`` is stored under, and whether it is stored reversed."""

@@ -139,7 +139,10 @@ def _check_image_list(root: Path, image_list: Sequence[str]) -> ImageListing:
         )
     missing = [n for n in image_list if not (root / n).is_file()]
     if missing:
-        raise SfmkitError(f"{len(missing)} listed image(s) not found under {root}: {missing[:5]}")
+        raise SfmkitError(
+            f"{len(missing)} listed image(s) not found under {root}: {missing[:5]}; list names "
+            "relative to the image folder"
+        )
     if not image_list:
         raise SfmkitError("the image list is empty")
     check_names(image_list, root)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sfmkit.errors import SfmkitError
-from sfmkit.io.h5 import H5Reader, ItemWriter, item_path, read_file_attrs, resolve_reference
+from sfmkit.io.h5 import H5Reader, ItemWriter, read_file_attrs, resolve_reference
 from sfmkit.io.pairs import Pair, read_pairs
 from sfmkit.utils.config import conf_to_json
 
@@ -49,9 +49,7 @@ def read_verified(reader: H5Reader, pair: Pair) -> np.ndarray | None:
 def inlier_counts(path: Path, pairs: list[Pair]) -> dict[Pair, int]:
     """Number of verified inliers per pair."""
     with H5Reader(path) as reader:
-        return {
-            pair: int(reader.file[item_path(reader.pair_key(pair)[0])]["inliers"].shape[0]) for pair in pairs
-        }
+        return {pair: reader.shape(reader.pair_key(pair)[0], "inliers")[0] for pair in pairs}
 
 
 def input_features(produced_from: Path, override: Path | None) -> Path:

@@ -108,8 +108,14 @@ def read_pairs(path: Path, known: Iterable[str] | None = None) -> list[Pair]:
                 unknown[0],
             )
         result = [p for p in result if p[0] in names and p[1] in names]
+    if not pairs:
+        raise SfmkitError(f"{path} lists no image pair; write one pair of image names per line")
     if not result:
-        raise SfmkitError(f"{path} lists no usable image pair")
+        example = f" (e.g. {pairs[0][0]} {pairs[0][1]})"
+        raise SfmkitError(
+            f"{path} lists no usable image pair: its {len(pairs)} pair(s) name images that are not "
+            f"in the image folder{example}; write image names relative to the image folder"
+        )
     return result
 
 
@@ -150,7 +156,7 @@ def _count(spec: str, word: str, default: int) -> int:
     except ValueError:
         raise SfmkitError(f"--pairs {spec!r}: write {word}:N with an integer N") from None
     if n < 1:
-        raise SfmkitError(f"--pairs {spec!r}: N must be at least 1")
+        raise SfmkitError(f"--pairs {spec!r}: N must be at least 1 (e.g. {word}:{default})")
     return n
 
 
@@ -171,6 +177,8 @@ def parse_pairs_spec(spec: str, *, retrieval: bool = False) -> PairsSpec:
             )
         return PairsSpec("retrieval", _count(spec, "retrieval", 10))
     path = Path(spec)
+    if not path.is_file() and (path.suffix or "/" in spec):
+        raise SfmkitError(f"--pairs: the pairs file {spec} does not exist")
     if not path.is_file():
         extra = ", 'retrieval:K'" if retrieval else ""
         raise SfmkitError(

@@ -29,7 +29,9 @@ def check_images(images: Path, image_names: Sequence[str] | None) -> ImageListin
     """The images of a run; at least two are needed to reconstruct anything."""
     images = Path(images)
     if not images.is_dir():
-        raise SfmkitError(f"image folder {images} does not exist (or is not a folder)")
+        raise SfmkitError(
+            f"image folder {images} does not exist (or is not a folder); pass the folder of the photos"
+        )
     listing = list_images(images, image_names)
     if len(listing.names) < 2:
         raise SfmkitError(

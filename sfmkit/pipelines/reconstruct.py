@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.errors import ConfigError, DamagedFileError, SfmkitError
 from sfmkit.features import FeatureConf, get_conf
 from sfmkit.features.extract import check_weights, extract
 from sfmkit.features.global_descriptors import GlobalConf
@@ -130,10 +130,33 @@ def reconstruct(
     device: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ReconstructResult:
-    """Run every stage; each one resumes from what ``out_dir`` already holds."""
-    matcher, verification, refinement = conf.stage_confs()
+    """Run every stage; each one resumes from what ``out_dir`` already holds. A stage file
+    found damaged on reading is recomputed where damaged (the stages run once more)."""
     out_dir = Path(out_dir)
     spec = preflight(conf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device)
+    for attempt in range(2):
+        try:
+            return _run_stages(
+                conf, images, out_dir, spec, image_names, overwrite and not attempt, device, max_pixels
+            )
+        except DamagedFileError as exc:
+            if attempt:
+                raise
+            logger.warning("%s; running the stages again to recompute what is damaged", exc)
+    raise AssertionError("unreachable")
+
+
+def _run_stages(
+    conf: ReconstructConf,
+    images: Path,
+    out_dir: Path,
+    spec: PairsSpec,
+    image_names: Sequence[str] | None,
+    overwrite: bool,
+    device: str,
+    max_pixels: int,
+) -> ReconstructResult:
+    matcher, verification, refinement = conf.stage_confs()
     timer = StageTimer()
     counts: dict[str, Any] = {}
     with timer.stage("extract"):

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
@@ -37,7 +36,6 @@ from sfmkit.io.h5 import (
     H5Reader,
     ItemWriter,
     file_reference,
-    item_path,
     json_attr,
     list_items,
     read_file_attrs,
@@ -338,13 +336,7 @@ def _record(
 ) -> dict[str, np.ndarray]:
     """The refined feature-file item of image ``name``: its small datasets copied (the dense
     maps left out), keypoints replaced, ``refinement/shift`` added."""
-    record: dict[str, np.ndarray] = {}
-
-    def copy(sub: str, obj: object) -> None:
-        if isinstance(obj, h5py.Dataset) and sub.split("/")[0] not in _NOT_COPIED:
-            record[sub] = obj[()]
-
-    feats.file[item_path((name,))].visititems(copy)
+    record = feats.datasets((name,), skip=lambda sub: sub.split("/")[0] in _NOT_COPIED)
     keypoints = record["keypoints"].astype(np.float64)
     shift = np.zeros_like(keypoints)
     keypoints[tracks.keypoint[sel]] = refined[sel]

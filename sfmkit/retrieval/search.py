@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sfmkit.errors import SfmkitError
-from sfmkit.io.h5 import H5Reader, item_path
+from sfmkit.io.h5 import H5Reader
 from sfmkit.models.whitening import Whitening
 from sfmkit.retrieval.aggregation import prmac_distances
 from sfmkit.retrieval.index import build_index, weighted_query_expansion
@@ -197,7 +197,7 @@ def search(
 
     # global vectors (and PR-MAC regions) in chunks
     with H5Reader(path, "global") as reader:
-        counts = np.array([reader.file[item_path((n,))]["regional"].shape[0] for n in used], np.int64)
+        counts = np.array([reader.shape((n,), "regional")[0] for n in used], np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     dim = whitening.projection.shape[0] if whitening is not None else None
     vectors: np.ndarray | None = None
