@@ -126,8 +126,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['threads']} | {r['runs']} | {r['distinct_models']} | {r['registered'][0]}-{r['registered'][1]} | "
-            f"{r['points'][0]}-{r['points'][1]} | {r['max_centre_diff']:.2e} | {r['max_point_diff']:.2e} |"
+            f"| {r['threads']} | {r['runs']} | {r['distinct_models']} | "
+            f"{r['registered'][0]}-{r['registered'][1]} | {r['points'][0]}-{r['points'][1]} | "
+            f"{r['max_centre_diff']:.2e} | {r['max_point_diff']:.2e} |"
         )
 
 
