@@ -68,3 +68,27 @@ def test_the_judge_can_fail(images_only: Base, tmp_path: Path) -> None:
     )
     assert not outcome.passed and len(outcome.problems) == 2
     assert os.path.isdir(tmp_path / "f")
+
+
+def test_map_gives_the_same_model_on_the_same_inputs(finished: Base, tmp_path: Path) -> None:
+    """Three maps of the same verified matches into fresh folders: identical models (the
+    mapper runs on one thread by default; see MapConf.num_threads)."""
+    import json
+
+    import numpy as np
+    import pycolmap
+
+    report = json.loads((finished.output / "report.json").read_text())["reconstruct"]
+    args = [str(finished.images), report["outputs"]["verified"], "--pairs", report["inputs"]["pairs"]]
+    args += ["--features", report["outputs"]["refined"]]
+    models = []
+    for i in range(3):
+        code, text = invoke(["map", *args, "-o", str(tmp_path / f"m{i}")], tmp_path)
+        assert code == 0, text
+        rec = pycolmap.Reconstruction(tmp_path / f"m{i}")
+        points = np.array(sorted(tuple(p.xyz) for p in rec.points3D.values()))
+        centres = np.array([rec.images[k].projection_center() for k in sorted(rec.images)])
+        models.append((points, centres))
+    for points, centres in models[1:]:
+        assert points.shape == models[0][0].shape and np.array_equal(points, models[0][0])
+        assert np.array_equal(centres, models[0][1])

@@ -192,13 +192,15 @@ def feature_conf(preset: str, max_size: int | None, weights: str | None) -> Feat
 
 
 def read_image_list(path: Path | None) -> list[str] | None:
+    """The lines of an image list: one name per line, kept exactly (a name may start with a
+    space); blank lines are skipped, and lines starting with ``#`` that name no image are
+    comments (see :func:`sfmkit.io.images.list_images`)."""
     if path is None:
         return None
     if not path.is_file():
         raise SfmkitError(f"image list {path} does not exist")
-    return [
-        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
-    ]
+    lines = path.read_text().split("\n")
+    return [line.rstrip("\r") for line in lines if line.strip()]
 
 
 CameraMode = choices("CameraMode", CAMERA_MODES)
@@ -217,7 +219,12 @@ IntrinsicsOpt = Annotated[
     Path | None, typer.Option("--intrinsics", help="Known calibration: K.txt (3x3, for the images as given).")
 ]
 ThreadsOpt = Annotated[
-    int, typer.Option("--num-threads", help="Threads of the mapper (-1: all cores; see docs on determinism).")
+    int,
+    typer.Option(
+        "--num-threads",
+        help="Threads of the mapper; 1 (the default) gives the same model on the same inputs, "
+        "-1 (all cores) is faster on large scenes but not deterministic.",
+    ),
 ]
 RefineOpt = Annotated[
     bool, typer.Option("--refine-intrinsics", help="With --intrinsics: refine them in bundle adjustment.")
@@ -225,7 +232,7 @@ RefineOpt = Annotated[
 
 
 def map_conf(
-    camera_mode: str, camera_model: str, intrinsics: Path | None, refine: bool, num_threads: int = -1
+    camera_mode: str, camera_model: str, intrinsics: Path | None, refine: bool, num_threads: int = 1
 ) -> MapConf:
     return MapConf(
         camera=CameraConf(

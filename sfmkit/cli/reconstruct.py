@@ -22,6 +22,7 @@ from sfmkit.cli.common import (
     OverwriteOpt,
     ReconstructPairsOpt,
     RefineOpt,
+    ThreadsOpt,
     WeightsOpt,
     choices,
     feature_conf,
@@ -78,6 +79,7 @@ def reconstruct_cmd(
     camera_model: CameraModelOpt = "SIMPLE_RADIAL",
     intrinsics: IntrinsicsOpt = None,
     refine_intrinsics: RefineOpt = False,
+    num_threads: ThreadsOpt = 1,
     device: DeviceOpt = "auto",
     image_list: ImageListOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
@@ -89,7 +91,7 @@ def reconstruct_cmd(
         pairs=pairs,
         best_pairs=best_pairs,
         refine=None if refine is None else refine.value,
-        mapping=map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics),
+        mapping=map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics, num_threads),
     )
     if output is None:
         output = default_output(images)

@@ -325,7 +325,7 @@ def map_cmd(
     camera_model: CameraModelOpt = "SIMPLE_RADIAL",
     intrinsics: IntrinsicsOpt = None,
     refine_intrinsics: RefineOpt = False,
-    num_threads: ThreadsOpt = -1,
+    num_threads: ThreadsOpt = 1,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Incremental mapping with pycolmap; writes the COLMAP model, model.ply and report.json."""

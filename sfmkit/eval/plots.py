@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from sfmkit.utils.plots import save_figure
 
@@ -29,6 +28,8 @@ def plot_top_view(
 
     def project(points: np.ndarray) -> np.ndarray:
         return (points - mean) @ axes2
+
+    from matplotlib.figure import Figure  # imported on use: matplotlib is slow to load
 
     fig = Figure(figsize=(5.2 * max(1, len(estimates)), 4.6))
     for i, (method, est) in enumerate(estimates.items(), 1):
@@ -64,6 +65,8 @@ def plot_cumulative(
     path: Path, title: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str
 ) -> Path:
     """Cumulative curves (x: threshold, log scale; y: percentage) per method."""
+    from matplotlib.figure import Figure  # imported on use: matplotlib is slow to load
+
     fig = Figure(figsize=(6, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     for method, (x, y) in curves.items():

@@ -266,6 +266,21 @@ def _odd_names(work: Path, base: Base) -> tuple[list[str], Path | None]:
     return _reconstruct(images, work / "out"), None
 
 
+def _odd_names_listed(work: Path, base: Base) -> tuple[list[str], Path | None]:
+    args, _ = _odd_names(work, base)
+    names = sorted(p.name for p in (work / "images").iterdir())
+    (work / "list.txt").write_text("# the images\n" + "\n".join(names) + "\n")
+    return [*args, "--image-list", str(work / "list.txt")], None
+
+
+def _partly_unknown_pairs(work: Path, base: Base) -> tuple[list[str], Path | None]:
+    images = _fresh(work, base)
+    names = sorted(p.name for p in images.iterdir())
+    lines = [f"{a} {b}" for i, a in enumerate(names) for b in names[i + 1 :]] + ["gone.png 0000.png"]
+    (work / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return _reconstruct(images, work / "out", "--pairs", str(work / "pairs.txt")), None
+
+
 def _odd_formats(work: Path, base: Base) -> tuple[list[str], Path | None]:
     images = work / "images"
     sources = sorted(base.images.glob("*.png"))
@@ -416,6 +431,15 @@ def cases(num_images: int = 5) -> list[Case]:
             "-o under a file", "cannot create output folder", "-o", "blocker/out", setup=_write("blocker", "")
         ),
         Case("odd but valid names", "inputs", _odd_names, 0, check=registers_all("out", n)),
+        Case("odd names in an --image-list", "inputs", _odd_names_listed, 0, check=registers_all("out", n)),
+        Case(
+            "--pairs file naming a missing image",
+            "inputs",
+            _partly_unknown_pairs,
+            0,
+            "name images without features",
+            check=registers_all("out", n),
+        ),
         Case(
             "gray, CMYK, 16-bit, EXIF-rotated, symlinked folder; 3 broken files",
             "inputs",

@@ -126,6 +126,13 @@ def _walk_files(root: Path) -> list[Path]:
 
 
 def _check_image_list(root: Path, image_list: Sequence[str]) -> ImageListing:
+    # names are taken exactly (a leading space can be part of one); white space around a
+    # name that exists only without it is the list's, not the name's
+    image_list = [
+        n if (root / n).is_file() or not (root / n.strip()).is_file() else n.strip() for n in image_list
+    ]
+    # a line starting with '#' is a comment unless it names an image
+    image_list = [n for n in image_list if not n.startswith("#") or (root / n).is_file()]
     seen: dict[str, int] = defaultdict(int)
     for name in image_list:
         seen[name] += 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from sfmkit.utils.plots import save_figure
 
@@ -20,6 +19,8 @@ def plot_overlap_masks(
     ``pairs``: (name_i, name_j, image_i, image_j, mask_ij, mask_ji, caption) with (H, W, 3)
     uint8 images and low-resolution bool masks (upsampled here, nearest neighbour).
     """
+    from matplotlib.figure import Figure  # imported on use: matplotlib is slow to load
+
     fig = Figure(figsize=(9.0, 3.4 * max(len(pairs), 1)))
     for row, (name_i, name_j, image_i, image_j, mask_ij, mask_ji, caption) in enumerate(pairs):
         for col, (name, image, mask) in enumerate(((name_i, image_i, mask_ij), (name_j, image_j, mask_ji))):

@@ -69,12 +69,18 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+#: Settings that change how fast a result is computed, not what it is: a finished output made
+#: with another value is reused.
+SPEED_ONLY = ("num_threads", "workers")
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every setting that differs (nested keys dotted)."""
+    """``key: old -> new`` for every setting that differs (nested keys dotted), except the
+    :data:`SPEED_ONLY` ones."""
     a = _flatten(json.loads(json.dumps(old, default=str)))
     b = _flatten(json.loads(json.dumps(new, default=str)))
     return [
         f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
         for key in sorted(set(a) | set(b))
-        if a.get(key) != b.get(key)
+        if a.get(key) != b.get(key) and key.rsplit(".", 1)[-1] not in SPEED_ONLY
     ]

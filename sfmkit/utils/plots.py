@@ -7,10 +7,11 @@ import logging
 import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def plot_isolated(plot: Callable[..., Path], path: Path, *args: Any) -> Path | N
 
 def save_figure(fig: Figure, path: Path) -> Path:
     """Render ``fig`` to the PNG ``path`` (parent folder created); returns ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported on use (slow to load)
+
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
