@@ -4,10 +4,11 @@ folders (subprocesses, so nothing is shared between runs) and compares the model
     python benchmarks/determinism.py IMAGES -o bench_out/determinism [--runs 20] [--threads -1 1] \
         [--max-size 384] [--image-list list.txt]
 
-Reconstructs IMAGES once (``sfmkit reconstruct``), then maps its verified matches ``--runs``
-times per thread count. Prints JSON and a table: distinct models, registered images and 3D
-points (min-max), and the largest difference of camera centres and points between any run
-and the first, after no alignment (the runs share the gauge: same initial pair and seed).
+Reconstructs IMAGES twice into fresh folders (``sfmkit reconstruct``) and compares every
+dataset of their stage files; then maps the verified matches ``--runs`` times per thread
+count. Prints JSON and a table: distinct models, registered images and 3D points (min-max),
+and the largest difference of camera centres and points between any run and the first,
+without alignment (the runs share the gauge: same initial pair and seed).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pycolmap
 
@@ -69,6 +71,24 @@ def compare(first: dict, other: dict) -> tuple[float, float]:
     return dc, dp
 
 
+def _datasets(f: h5py.File) -> list[str]:
+    names: list[str] = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+def stage_files_equal(a: Path, b: Path) -> dict:
+    """Datasets of the stage files of two runs, and those that differ."""
+    total, differing = 0, []
+    for path in sorted(a.glob("*.h5")):
+        with h5py.File(path, "r") as fa, h5py.File(b / path.name, "r") as fb:
+            for name in _datasets(fa):
+                total += 1
+                if name not in fb or not np.array_equal(fa[name][()], fb[name][()]):
+                    differing.append(f"{path.name}:{name}")
+    return {"datasets": total, "differing": len(differing), "first_differing": differing[:5]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", type=Path)
@@ -80,7 +100,13 @@ def main() -> None:
     args = parser.parse_args()
     base = args.output / "base"
     extra = ["--image-list", str(args.image_list)] if args.image_list else []
-    sfmkit("reconstruct", str(args.images), "-o", str(base), "--max-size", str(args.max_size), *extra)
+    twin = args.output / "base-again"
+    for out in (base, twin):
+        if out.exists():
+            shutil.rmtree(out)
+        sfmkit("reconstruct", str(args.images), "-o", str(out), "--max-size", str(args.max_size), *extra)
+    stages = stage_files_equal(base, twin)
+    print(f"stage files of two reconstruct runs: {stages}", file=sys.stderr)
     report = json.loads((base / "report.json").read_text())["reconstruct"]
     verified, refined = report["outputs"]["verified"], report["outputs"]["refined"]
     pairs = report["inputs"]["pairs"]
@@ -121,7 +147,8 @@ def main() -> None:
                 "max_point_diff": max((d[1] for d in diffs), default=0.0),
             }
         )
-    print(json.dumps(rows, indent=2))
+    print(json.dumps({"stage_files": stages, "map": rows}, indent=2))
+    print(f"stage files of two runs: {stages['differing']} of {stages['datasets']} datasets differ\n")
     print("| threads | runs | distinct models | registered | 3D points | max centre diff | max point diff |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

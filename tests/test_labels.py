@@ -150,14 +150,12 @@ def test_labels_from_a_rendered_scene_cli(cli, tmp_path):
         "--mesh-from-model",
         "--poisson-depth",
         "8",
-        "-o",
-        str(tmp_path / "poisson.h5"),
         "--plot-pairs",
         "0",
-    )
+    )  # no -o: labels.h5 beside the model folder
     assert r.exit_code == 0, r.output
-    poisson = read_labels(tmp_path / "poisson.h5", masks=False)
-    assert (tmp_path / "poisson.mesh.ply").is_file()
+    poisson = read_labels(scene / "labels.h5", masks=False)
+    assert (scene / "labels.mesh.ply").is_file()
     # The Poisson surface covers what the tracks cover (surface seen twice or more): its MO
     # follows CT closely, and the exact MO in order.
     assert np.abs(poisson.mesh - exact.common_track)[off].mean() < 0.06

@@ -31,6 +31,9 @@ from PIL import Image
 #: ``invoke(args, cwd) -> (exit status, output)`` runs ``sfmkit --no-progress *args``.
 Invoke = Callable[[Sequence[str], Path], tuple[int, str]]
 
+#: What the map stage logs when it reuses a finished model.
+REUSED = "same inputs and options as the model already there"
+
 #: The options of the finished output every ``rerun`` case starts from.
 BASE_OPTIONS = ("--max-size", "256")
 
@@ -449,7 +452,7 @@ def cases(num_images: int = 5) -> list[Case]:
         ),
         Case("a 402 MP image among them", "inputs", _huge, 0, check=_skipped(1, registers_all("out", n))),
         Case("no -o", "inputs", _no_output_option, 0, check=registers_all("project/sfmkit", n)),
-        Case("identical rerun", "rerun", _rerun(), 0, check=registers_all("out", n, computed=0)),
+        Case("identical rerun", "rerun", _rerun(), 0, REUSED, check=registers_all("out", n, computed=0)),
         Case("rerun --max-size 320", "rerun", _rerun("--max-size", "320"), 2, "other options"),
         Case("rerun --camera-mode single", "rerun", _rerun("--camera-mode", "single"), 2, "camera.mode"),
         Case("rerun --pairs sequential:2", "rerun", _rerun("--pairs", "sequential:2"), 2, "pairs"),
@@ -457,9 +460,21 @@ def cases(num_images: int = 5) -> list[Case]:
         Case("rerun with a bad --intrinsics", "rerun", _rerun("--intrinsics", "nope.txt"), 2, "nope.txt"),
         *damaged,
         Case("verified file truncated", "rerun", truncate, 0, check=registers_all("out", n)),
-        Case("report.json unreadable", "rerun", bad_report, 0, check=registers_all("out", n, computed=0)),
         Case(
-            "output folder moved", "rerun", _moved, 0, check=registers_all("moved/elsewhere", n, computed=0)
+            "report.json unreadable",
+            "rerun",
+            bad_report,
+            0,
+            REUSED,
+            check=registers_all("out", n, computed=0),
+        ),
+        Case(
+            "output folder moved",
+            "rerun",
+            _moved,
+            0,
+            REUSED,
+            check=registers_all("moved/elsewhere", n, computed=0),
         ),
         Case("map: other images, same names", "rerun", _map_other_images, 2, "not the ones"),
         Case("map: other --camera-mode", "rerun", _map_case("--camera-mode", "single"), 2, "other options"),

@@ -150,13 +150,14 @@ class PairsSpec:
 
 
 def _count(spec: str, word: str, default: int) -> int:
+    letter = "K" if word == "retrieval" else "N"
     _, _, value = spec.partition(":")
     try:
         n = int(value) if value else default
     except ValueError:
-        raise SfmkitError(f"--pairs {spec!r}: write {word}:N with an integer N") from None
+        raise SfmkitError(f"--pairs {spec!r}: write {word}:{letter} with an integer {letter}") from None
     if n < 1:
-        raise SfmkitError(f"--pairs {spec!r}: N must be at least 1 (e.g. {word}:{default})")
+        raise SfmkitError(f"--pairs {spec!r}: {letter} must be at least 1 (e.g. {word}:{default})")
     return n
 
 
