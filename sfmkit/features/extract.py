@@ -16,7 +16,7 @@ import numpy as np
 from sfmkit.errors import ImageReadError, SfmkitError
 from sfmkit.features import CONFS, FeatureConf, make_extractor
 from sfmkit.features.global_descriptors import GLOBAL_CONFS, GlobalConf, GlobalExtractor
-from sfmkit.io.h5 import ItemWriter, json_attr
+from sfmkit.io.h5 import ItemWriter, json_attr, read_file_attrs
 from sfmkit.io.images import (
     DEFAULT_MAX_PIXELS,
     FINGERPRINT,
@@ -52,6 +52,16 @@ def weights_identity(conf: Any) -> dict[str, str]:
         if path.suffix in (".pt", ".pth") and path.is_file():
             out["weights_sha256" if attr == "weights" else f"{attr}_sha256"] = sha256_file(path)
     return out
+
+
+def _recorded_image_dir(path: Path) -> str | None:
+    """The image folder an existing stage file records (None: no file, or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        return read_file_attrs(path).get("image_dir")
+    except SfmkitError:
+        return None
 
 
 def check_weights(conf: Any) -> None:
@@ -151,18 +161,24 @@ def extract_items(
         label: the progress-bar title.
     """
     images = Path(images)
+    path = Path(path)
     listing = list_images(images, image_names)
-    created = not Path(path).exists() or overwrite
+    created = not path.exists() or overwrite
+    # --overwrite: load the model before deleting the old file, so a device or weights error
+    # costs nothing already computed
+    extractor = make() if overwrite else None
+    recorded_dir = _recorded_image_dir(path) if not overwrite else None
     writer = ItemWriter(
         path,
         stage,
         conf_to_json(conf),
         overwrite=overwrite,
         identity=weights_identity(conf),
-        extra_attrs={**(extra_attrs or {}), "image_dir": str(images.resolve())},
+        extra_attrs=extra_attrs,
     )
     if writer.done:  # resuming: the images must be those the stored items came from
-        check_fingerprints(stored_fingerprints(path, listing.names), images, path)
+        check_fingerprints(stored_fingerprints(path, listing.names), images, path, recorded_dir)
+    writer.set_attrs(image_dir=str(images.resolve()))
     previous_skips = json_attr(path, "skipped", {}) or {}
     todo = [n for n in listing.names if (n,) not in writer.done]
     reused = len(listing.names) - len(todo)
@@ -173,7 +189,8 @@ def extract_items(
     start = time.perf_counter()
     if todo:
         try:
-            extractor = make()
+            if extractor is None:
+                extractor = make()
         except BaseException:
             if created and not writer.done:
                 path.unlink(missing_ok=True)  # leave no empty file behind a device or weights error

@@ -76,15 +76,18 @@ REFERENCE_KEYS = ("features", "matches", "verified", "source_features")
 
 
 def file_reference(target: Path, stage_file: Path) -> str:
-    """How a stage file records ``target``: its path relative to the stage file's folder."""
-    return Path(os.path.relpath(Path(target).resolve(), Path(stage_file).resolve().parent)).as_posix()
+    """How a stage file records ``target``: relative to the stage file's folder when ``target``
+    lies inside that folder (an output folder moved or copied whole stays valid), else its
+    absolute path (a file elsewhere stays found when the output folder moves)."""
+    target, folder = Path(target).resolve(), Path(stage_file).resolve().parent
+    return target.relative_to(folder).as_posix() if target.is_relative_to(folder) else str(target)
 
 
 def resolve_reference(value: str, stage_file: Path) -> Path:
-    """The file a recorded reference names (relative ones from the stage file's folder; older
-    files hold absolute paths)."""
+    """The file a recorded reference names (a relative one from the real folder of the stage
+    file, symbolic links resolved)."""
     path = Path(value)
-    return path if path.is_absolute() else Path(stage_file).parent / path
+    return path if path.is_absolute() else Path(stage_file).resolve().parent / path
 
 
 def read_file_attrs(path: Path) -> dict[str, Any]:
@@ -165,6 +168,9 @@ class ItemWriter:
             try:
                 attrs = read_file_attrs(self.path)
             except SfmkitError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, OSError) and cause.errno is not None:
+                    raise  # locked by another process, a permission: not a damaged file
                 self._move_aside(exc, stage)
                 attrs = None
             if attrs is not None:
@@ -175,8 +181,8 @@ class ItemWriter:
                 return
         self._create(stage, config_json, {**identity, **extra})
 
-    def _create(self, stage: str, config_json: str, attrs: dict[str, Any]) -> None:
-        with h5py.File(self.path, "w") as f:
+    def _create(self, stage: str, config_json: str, attrs: dict[str, Any], path: Path | None = None) -> None:
+        with h5py.File(path or self.path, "w") as f:
             f.attrs["sfmkit_schema"] = SCHEMA_VERSION
             f.attrs["stage"] = stage
             f.attrs["config"] = config_json
@@ -185,7 +191,12 @@ class ItemWriter:
 
     def _move_aside(self, reason: object, stage: str | None = None) -> Path:
         """Rename a damaged file to ``<name>.corrupt-<time>``; a fresh file is made by the caller."""
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
         self.path.rename(aside)
         logger.warning(
             "%s is damaged (%s); moved it to %s and recomputing its items (delete that copy once "
@@ -241,8 +252,10 @@ class ItemWriter:
         config = json.dumps(attrs.pop("config", None), sort_keys=True)
         stage = str(attrs.pop("stage", ""))
         attrs.pop("sfmkit_schema", None)
-        self._create(stage, config, attrs)
-        kept = _salvage(aside, self.path, self.depth)
+        fresh = self.path.with_name(f".{self.path.name}.recovering")
+        self._create(stage, config, attrs, fresh)
+        kept = _salvage(aside, fresh, self.depth)
+        os.replace(fresh, self.path)  # a kill while salvaging leaves no half-copied file behind
         logger.warning("%s: kept %d readable item(s) of the damaged file", self.path, kept)
         return self._scan(self.path)
 
@@ -263,7 +276,14 @@ class ItemWriter:
         note = _damaged_note(self.path)
         if not note.is_file():
             return
-        keys = {tuple(json.loads(line)) for line in note.read_text().splitlines() if line.strip()}
+        taken = note.with_name(f"{note.name}.{os.getpid()}")
+        note.rename(taken)  # notes a reader appends from now on wait for the next writer
+        keys: set[tuple[str, ...]] = set()
+        for line in taken.read_text().splitlines():
+            try:
+                keys.add(tuple(json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                continue  # half a line, from a reader killed while writing it
         try:
             with h5py.File(self.path, "a") as f:
                 for key in keys:
@@ -274,7 +294,7 @@ class ItemWriter:
                 raise
             self.done = self._recover(exc)
         self.done -= keys
-        note.unlink()
+        taken.unlink()
         logger.warning("%s: recomputing %d damaged item(s)", self.path, len(keys))
 
     def pending(self, keys: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
@@ -297,15 +317,24 @@ class ItemWriter:
         while writing is recovered (:meth:`_recover`) and the items written again."""
         if not self._buffer:
             return
+        lost: set[tuple[str, ...]] = set()
         try:
             self._write_buffer()
         except (OSError, KeyError, RuntimeError) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise  # a full disk or a permission, not a damaged file
+            before = set(self.done)
             self.done = self._recover(exc)
             self._write_buffer()
+            lost = before - self.done
         self._buffer.clear()
         self._last_flush = time.monotonic()
+        if lost:  # the caller's list of items to do no longer holds them: make it start over
+            raise DamagedFileError(
+                f"{self.path} was damaged and {len(lost)} finished item(s) could not be kept (first: "
+                f"{'/'.join(sorted(lost)[0])}); run the command again to recompute them ('reconstruct' "
+                "does so by itself)"
+            )
 
     def _write_buffer(self) -> None:
         with h5py.File(self.path, "a") as f:
@@ -344,7 +373,8 @@ class ItemWriter:
 
 
 def _damaged_note(path: Path) -> Path:
-    return Path(path).with_name(f"{Path(path).name}.damaged")
+    real = Path(path).resolve()
+    return real.with_name(f"{real.name}.damaged")
 
 
 def _note_damaged(path: Path, key: tuple[str, ...]) -> bool:
@@ -539,6 +569,8 @@ class H5Reader:
         except _DAMAGE as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise
+            if isinstance(exc, KeyError) and "doesn't exist" in str(exc):
+                raise  # a dataset this file does not have: not damage
             noted = bool(key) and _note_damaged(self.path, key)
             todo = (
                 "run the command that made this file again: it recomputes that item ('reconstruct' "

@@ -117,7 +117,12 @@ def _walk_files(root: Path) -> list[Path]:
             logger.warning("%s links to a folder already listed (%s); not listed twice", top, real)
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        # real folders before links, each group by name: an image reachable both ways is
+        # listed under the same name on every run
+        dirs[:] = sorted(
+            (d for d in dirs if not d.startswith(".")),
+            key=lambda d: (os.path.islink(os.path.join(top, d)), d),
+        )
         rel_top = Path(top).relative_to(root)
         for name in files:
             if not name.startswith(".") and os.path.isfile(os.path.join(top, name)):
@@ -185,8 +190,8 @@ def image_fingerprint(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=12)
     with path.open("rb") as f:
         digest.update(f.read(_FINGERPRINT_BYTES))
-        if size > 2 * _FINGERPRINT_BYTES:
-            f.seek(-_FINGERPRINT_BYTES, os.SEEK_END)
+        if size > _FINGERPRINT_BYTES:
+            f.seek(max(_FINGERPRINT_BYTES, size - _FINGERPRINT_BYTES))
             digest.update(f.read())
     return f"{size}:{digest.hexdigest()}"
 
@@ -198,14 +203,18 @@ def stored_fingerprints(path: Path, names: Sequence[str]) -> dict[str, str | Non
         return {n: reader.attrs((n,)).get(FINGERPRINT) for n in names if reader.has((n,))}
 
 
-def check_fingerprints(stored: Mapping[str, str | None], image_dir: Path, made: Path) -> None:
+def check_fingerprints(
+    stored: Mapping[str, str | None], image_dir: Path, made: Path, recorded_dir: str | None = None
+) -> None:
     """Refuse an image folder whose images differ from those ``made`` (a stage file) was
-    computed from; ``stored`` maps image names to their recorded fingerprints (None: not
-    recorded, by an older sfmkit)."""
+    computed from; ``stored`` maps image names to their recorded fingerprints. Where an older
+    sfmkit recorded none, the folder must be the one it recorded (``recorded_dir``)."""
     image_dir = Path(image_dir)
     differ = []
     for name, value in stored.items():
         if not value:
+            if recorded_dir and Path(recorded_dir) != image_dir.resolve():
+                differ.append(name)
             continue
         path = image_dir / name
         if not path.is_file() or image_fingerprint(path) != value:

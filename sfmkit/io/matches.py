@@ -108,8 +108,8 @@ def start_pair_run(
     ``identity`` holds the input files the stage file is made from; resuming a file made from
     other inputs or with another ``conf`` is refused (see :class:`ItemWriter`).
     """
+    pair_list = read_pairs(pairs_file, names)  # before --overwrite deletes anything
     writer = ItemWriter(
         path, stage, conf_to_json(conf), depth=2, overwrite=overwrite, identity=identity, flush_every=64
     )
-    pair_list = read_pairs(pairs_file, names)
     return PairRun(writer, pair_list, writer.pending(pair_list), time.perf_counter())

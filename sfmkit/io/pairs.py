@@ -68,12 +68,24 @@ def unique_pairs(pairs: Iterable[Pair]) -> list[Pair]:
 
 def _parse_line(line: str) -> list[str] | None:
     """The names of one line (None: blank or comment). Tab-separated lines keep their names
-    exactly; space-separated ones split on runs of white space."""
+    exactly (empty fields at the ends dropped); others split on runs of white space."""
+    if not line.strip():
+        return None
     if "\t" in line:
-        return line.split("\t")
-    if not line.strip() or line.startswith("#"):
+        fields = line.split("\t")
+        while fields and not fields[-1].strip():
+            fields.pop()
+        while fields and not fields[0].strip():
+            fields.pop(0)
+        return fields if len(fields) != 1 else fields[0].split()  # a stray tab at an end
+    if line.lstrip().startswith("#"):
         return None
     return line.split()
+
+
+def _known_name(name: str, known: set[str]) -> str:
+    """``name`` as the images know it: exact, else without surrounding white space."""
+    return name if name in known or name.strip() not in known else name.strip()
 
 
 def read_pairs(path: Path, known: Iterable[str] | None = None) -> list[Pair]:
@@ -96,6 +108,7 @@ def read_pairs(path: Path, known: Iterable[str] | None = None) -> list[Pair]:
     result = unique_pairs(pairs)
     if known is not None:
         names = set(known)
+        result = unique_pairs((_known_name(a, names), _known_name(b, names)) for a, b in result)
         unknown = [p for p in result if p[0] not in names or p[1] not in names]
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
@@ -120,7 +133,7 @@ def read_pairs(path: Path, known: Iterable[str] | None = None) -> list[Pair]:
 
 
 def _needs_tab(name: str) -> bool:
-    return name != name.strip() or " " in name or name.startswith("#")
+    return any(c.isspace() for c in name) or name.lstrip().startswith("#")
 
 
 def write_pairs(path: Path, pairs: Iterable[Pair]) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 import pycolmap
 
 from sfmkit.errors import ConfigError, SfmkitError
-from sfmkit.io.h5 import H5Reader, check_writable_dir
+from sfmkit.io.h5 import H5Reader, check_writable_dir, read_file_attrs
 from sfmkit.io.images import check_fingerprints, read_image, stored_fingerprints
 from sfmkit.io.matches import input_features, read_verified
 from sfmkit.io.pairs import read_pairs, write_pairs
@@ -220,10 +220,17 @@ RUN_FILE = "map-run.json"
 
 
 def _inputs_digest(
-    feats: H5Reader, names: list[str], matches: dict[tuple[str, str], np.ndarray], fingerprints: dict
+    feats: H5Reader,
+    names: list[str],
+    matches: dict[tuple[str, str], np.ndarray],
+    fingerprints: dict,
+    known_k: np.ndarray | None,
 ) -> str:
-    """SHA-1 of everything the mapper reads: keypoints, image fingerprints, verified matches."""
+    """SHA-1 of everything the mapper reads: keypoints, image fingerprints, verified matches
+    and the known calibration (the contents of K.txt, not only its path)."""
     digest = hashlib.sha1()
+    if known_k is not None:
+        digest.update(np.ascontiguousarray(known_k, np.float64).tobytes())
     for name in names:
         digest.update(name.encode() + b"\0" + str(fingerprints.get(name)).encode())
         digest.update(np.ascontiguousarray(feats.array((name,), "keypoints"), np.float64).tobytes())
@@ -267,7 +274,7 @@ def map_images(
     other inputs (new images, other pairs) it is recomputed.
     """
     out_dir = Path(out_dir)
-    load_known_k(conf.camera)  # a bad --intrinsics fails before anything is touched
+    known_k = load_known_k(conf.camera)  # a bad --intrinsics fails before anything is touched
     check_writable_dir(out_dir)
     config = conf_to_dict(conf)
     previous = _previous_run(out_dir, config, overwrite)
@@ -284,7 +291,7 @@ def map_images(
                 "pass the image folder the features were extracted from"
             )
         fingerprints = stored_fingerprints(features, names)
-        check_fingerprints(fingerprints, image_dir, features)
+        check_fingerprints(fingerprints, image_dir, features, read_file_attrs(features).get("image_dir"))
         matches = {}
         for pair in pair_list:
             m = read_verified(ver, pair)
@@ -295,8 +302,8 @@ def map_images(
                 "no image pair has enough verified matches to start a reconstruction; check that the "
                 "images overlap, or try more pairs (--pairs exhaustive) or a larger --max-size"
             )
-        digest = _inputs_digest(feats, names, matches, fingerprints)
-        reused = _reuse(out_dir, previous, digest)
+        digest = _inputs_digest(feats, names, matches, fingerprints, known_k)
+        reused = None if overwrite else _reuse(out_dir, previous, digest)
         if reused is not None:
             return reused
         (out_dir / RUN_FILE).unlink(missing_ok=True)  # the old record no longer describes sfm/

@@ -205,7 +205,7 @@ def refine(
         writer = open_writer(overwrite)
         names, tracks = load_tracks(verified, pair_list)
         fingerprints = stored_fingerprints(features, names)
-        check_fingerprints(fingerprints, Path(images), features)
+        check_fingerprints(fingerprints, Path(images), features, src_attrs.get("image_dir"))
         if names and all((n,) in writer.done for n in names) and json_attr(path, "pairs_sha1") == digest:
             logger.info("%s: already refined, reusing it", path.name)
             return path
