@@ -38,6 +38,12 @@ COMPLETE = "complete"
 _DAMAGE = (OSError, KeyError, RuntimeError, ValueError)
 
 
+def _is_damage(exc: BaseException) -> bool:
+    """Whether an h5py error means a damaged file: an OSError that carries an errno is a lock,
+    a permission or a full disk instead."""
+    return isinstance(exc, _DAMAGE) and not (isinstance(exc, OSError) and exc.errno is not None)
+
+
 def encode_name(name: str) -> str:
     """HDF5-safe key for an image name (reversible; ``/`` and ``%`` are escaped)."""
     return name.replace("%", "%25").replace("/", "%2F")
@@ -168,10 +174,9 @@ class ItemWriter:
             try:
                 attrs = read_file_attrs(self.path)
             except SfmkitError as exc:
-                cause = exc.__cause__
-                if isinstance(cause, OSError) and cause.errno is not None:
+                if isinstance(exc.__cause__, OSError) and not _is_damage(exc.__cause__):
                     raise  # locked by another process, a permission: not a damaged file
-                self._move_aside(exc, stage)
+                self._move_aside(exc)
                 attrs = None
             if attrs is not None:
                 self._check_compatible(attrs, stage, config_json, identity)
@@ -189,7 +194,7 @@ class ItemWriter:
             for key, value in attrs.items():
                 f.attrs[key] = value
 
-    def _move_aside(self, reason: object, stage: str | None = None) -> Path:
+    def _move_aside(self, reason: object) -> Path:
         """Rename a damaged file to ``<name>.corrupt-<time>``; a fresh file is made by the caller."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
@@ -241,8 +246,8 @@ class ItemWriter:
         try:
             return self._scan(self.path)
         except _DAMAGE as exc:
-            if isinstance(exc, OSError) and exc.errno is not None:
-                raise  # a full disk or a permission, not a damaged file
+            if not _is_damage(exc):
+                raise
             return self._recover(exc)
 
     def _recover(self, exc: BaseException) -> set[tuple[str, ...]]:
@@ -290,7 +295,7 @@ class ItemWriter:
                     if item_path(key) in f:
                         del f[item_path(key)]
         except _DAMAGE as exc:  # the damage reaches the file's structure: copy what reads well
-            if isinstance(exc, OSError) and exc.errno is not None:
+            if not _is_damage(exc):
                 raise
             self.done = self._recover(exc)
         self.done -= keys
@@ -321,8 +326,8 @@ class ItemWriter:
         try:
             self._write_buffer()
         except (OSError, KeyError, RuntimeError) as exc:
-            if isinstance(exc, OSError) and exc.errno is not None:
-                raise  # a full disk or a permission, not a damaged file
+            if not _is_damage(exc):
+                raise
             before = set(self.done)
             self.done = self._recover(exc)
             self._write_buffer()
@@ -405,7 +410,7 @@ def _salvage(damaged: Path, target: Path, depth: int) -> int:
         return 0
     with src, h5py.File(target, "a") as dst:
         try:
-            items = _walk_tolerant(src, depth)
+            items = _walk(src, depth, tolerant=True)
         except _DAMAGE:
             return 0
         for key, group in items:
@@ -429,37 +434,25 @@ def _read_dataset(name: str, obj: Any) -> None:
         obj[()]
 
 
-def _walk_tolerant(f: h5py.File, depth: int) -> list[tuple[tuple[str, ...], h5py.Group]]:
-    """Like :func:`_walk`, skipping links that cannot be opened."""
+def _walk(f: h5py.File, depth: int, *, tolerant: bool = False) -> list[tuple[tuple[str, ...], h5py.Group]]:
+    """Item groups at ``depth`` (1: ``/<image>``, 2: ``/<image0>/<image1>``); ``tolerant``
+    skips the links of a damaged file that cannot be opened."""
     out: list[tuple[tuple[str, ...], h5py.Group]] = []
 
     def visit(group: h5py.Group, prefix: tuple[str, ...]) -> None:
         try:
             keys = list(group.keys())
         except _DAMAGE:
+            if not tolerant:
+                raise
             return
         for key in keys:
             try:
                 child = group[key]
             except _DAMAGE:
+                if not tolerant:
+                    raise
                 continue
-            if isinstance(child, h5py.Group):
-                k = (*prefix, decode_name(key))
-                if len(k) == depth:
-                    out.append((k, child))
-                else:
-                    visit(child, k)
-
-    visit(f, ())
-    return out
-
-
-def _walk(f: h5py.File, depth: int) -> list[tuple[tuple[str, ...], h5py.Group]]:
-    """Item groups at ``depth`` (1: ``/<image>``, 2: ``/<image0>/<image1>``)."""
-    out: list[tuple[tuple[str, ...], h5py.Group]] = []
-
-    def visit(group: h5py.Group, prefix: tuple[str, ...]) -> None:
-        for key, child in group.items():
             if isinstance(child, h5py.Group):
                 k = (*prefix, decode_name(key))
                 if len(k) == depth:
@@ -567,7 +560,7 @@ class H5Reader:
         try:
             yield
         except _DAMAGE as exc:
-            if isinstance(exc, OSError) and exc.errno is not None:
+            if not _is_damage(exc):
                 raise
             if isinstance(exc, KeyError) and "doesn't exist" in str(exc):
                 raise  # a dataset this file does not have: not damage

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.errors import SfmkitError
 from sfmkit.io.h5 import check_writable_dir
 from sfmkit.io.images import ImageListing, list_images
 from sfmkit.io.pairs import PairsSpec, parse_pairs_spec, read_pairs
 from sfmkit.reconstruction.cameras import CameraConf, load_known_k
-from sfmkit.utils.config import config_differences
+from sfmkit.utils.config import same_config
 from sfmkit.utils.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -75,14 +75,5 @@ def check_same_options(out_dir: Path, command: str, config: dict[str, Any], *, o
     except (OSError, json.JSONDecodeError, AttributeError):
         logger.warning("%s is unreadable; not checking the options of the previous run", path)
         return
-    if previous is None:
-        return
-    differences = config_differences(previous, config)
-    if differences:
-        shown = "; ".join(differences[:6]) + (
-            f"; and {len(differences) - 6} more" if len(differences) > 6 else ""
-        )
-        raise ConfigError(
-            f"{out_dir} holds a {command} run made with other options ({shown}); pass --overwrite "
-            "to recompute it with the new ones, or choose another output folder (-o)"
-        )
+    if previous is not None:
+        same_config(f"{out_dir} holds a {command} run", previous, config, overwrite=overwrite)

@@ -18,7 +18,7 @@ from sfmkit.features.global_descriptors import GlobalConf
 from sfmkit.geometry import verify as verify_mod
 from sfmkit.geometry.verify import VerifyConf, verify
 from sfmkit.io.h5 import json_attr, list_items
-from sfmkit.io.images import DEFAULT_MAX_PIXELS, list_images
+from sfmkit.io.images import DEFAULT_MAX_PIXELS
 from sfmkit.io.pairs import PairsSpec, make_pairs
 from sfmkit.matching import match as match_mod
 from sfmkit.matching.match import MatchConf, match
@@ -107,9 +107,9 @@ def preflight(
     image_names: Sequence[str] | None = None,
     overwrite: bool = False,
     device: str = "auto",
-) -> PairsSpec:
+) -> tuple[PairsSpec, list[str]]:
     """Every check that needs no stage to have run (see :mod:`sfmkit.pipelines.checks`);
-    returns the parsed ``--pairs``."""
+    returns the parsed ``--pairs`` and the images of the run."""
     listing = checks.check_images(images, image_names)
     spec = checks.check_pairs(conf.pairs, listing.names, retrieval=True)
     checks.check_camera(conf.mapping.camera)
@@ -117,7 +117,7 @@ def preflight(
     check_weights(conf.features)
     checks.check_output(out_dir)
     checks.check_same_options(out_dir, "reconstruct", run_config(conf), overwrite=overwrite)
-    return spec
+    return spec, listing.names
 
 
 def reconstruct(
@@ -133,11 +133,21 @@ def reconstruct(
     """Run every stage; each one resumes from what ``out_dir`` already holds. A stage file
     found damaged on reading is recomputed where damaged (the stages run once more)."""
     out_dir = Path(out_dir)
-    spec = preflight(conf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device)
+    spec, listed = preflight(
+        conf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device
+    )
     for attempt in range(2):
         try:
             return _run_stages(
-                conf, images, out_dir, spec, image_names, overwrite and not attempt, device, max_pixels
+                conf,
+                images,
+                out_dir,
+                spec,
+                image_names,
+                listed,
+                overwrite and not attempt,
+                device,
+                max_pixels,
             )
         except DamagedFileError as exc:
             if attempt:
@@ -152,6 +162,7 @@ def _run_stages(
     out_dir: Path,
     spec: PairsSpec,
     image_names: Sequence[str] | None,
+    listed: Sequence[str],
     overwrite: bool,
     device: str,
     max_pixels: int,
@@ -172,7 +183,7 @@ def _run_stages(
     counts["extract"] = json_attr(feats, "last_run")
     counts["skipped_images"] = json_attr(feats, "skipped", {})
     # the images of this run (a feature file may hold more, from earlier runs)
-    wanted = set(list_images(images, image_names).names)
+    wanted = set(listed)
     names = sorted(k[0] for k in list_items(feats, 1) if k[0] in wanted)
     if len(names) < 2:
         raise SfmkitError(

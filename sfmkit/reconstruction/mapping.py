@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.errors import SfmkitError
 from sfmkit.io.h5 import H5Reader, check_writable_dir, read_file_attrs
 from sfmkit.io.images import check_fingerprints, read_image, stored_fingerprints
 from sfmkit.io.matches import input_features, read_verified
 from sfmkit.io.pairs import read_pairs, write_pairs
 from sfmkit.reconstruction.cameras import CameraConf, load_known_k
 from sfmkit.reconstruction.database import create_database, import_matches
-from sfmkit.utils.config import conf_to_dict, config_differences
+from sfmkit.utils.config import conf_to_dict, same_config
 from sfmkit.utils.files import write_text_atomic
 from sfmkit.utils.progress import bar, track
 
@@ -248,13 +248,8 @@ def _previous_run(out_dir: Path, config: dict[str, Any], overwrite: bool) -> dic
         previous = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    differences = config_differences(previous.get("config", {}), config)
-    if differences and not overwrite:
-        raise ConfigError(
-            f"{out_dir} holds a model made with other options ({'; '.join(differences[:6])}); pass "
-            "--overwrite to replace it, or choose another output folder"
-        )
-    return None if differences else previous
+    same = same_config(f"{out_dir} holds a model", previous.get("config", {}), config, overwrite=overwrite)
+    return previous if same else None
 
 
 def map_images(

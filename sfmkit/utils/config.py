@@ -84,3 +84,17 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for key in sorted(set(a) | set(b))
         if a.get(key) != b.get(key) and key.rsplit(".", 1)[-1] not in SPEED_ONLY
     ]
+
+
+def same_config(where: str, previous: dict[str, Any], config: dict[str, Any], *, overwrite: bool) -> bool:
+    """Whether ``config`` equals the ``previous`` one of a finished output (speed-only settings
+    aside); when it does not and ``overwrite`` is off, :class:`ConfigError` names the settings
+    that differ. ``where`` begins the message (``"out/ holds a model"``)."""
+    differences = config_differences(previous, config)
+    if differences and not overwrite:
+        more = f"; and {len(differences) - 6} more" if len(differences) > 6 else ""
+        raise ConfigError(
+            f"{where} made with other options ({'; '.join(differences[:6])}{more}); pass --overwrite "
+            "to recompute it with the new ones, or choose another output folder (-o)"
+        )
+    return not differences
