@@ -149,6 +149,8 @@ def test_bad_options_are_config_errors():
         replace(CONF, not_an_option=1)
     with pytest.raises(ConfigError):
         replace(get_conf("sift"), max_size=0)
+    with pytest.raises(ConfigError, match="precision"):
+        replace(CONF, precision="float16")
 
 
 def test_too_thin_images_are_skipped_not_fatal(image_folder, tmp_path):

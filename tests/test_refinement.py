@@ -15,7 +15,7 @@ from sfmkit.eval.matches import summarize, verified_sampson
 from sfmkit.io.h5 import H5Reader
 from sfmkit.io.pairs import read_pairs
 from sfmkit.io.strecha import read_scene
-from sfmkit.refinement.dense import WindowFeatures, sample, window_origins
+from sfmkit.refinement.dense import DenseWindows, WindowFeatures, concat, sample, window_origins
 from sfmkit.refinement.refine import RefineConf, refine
 from sfmkit.refinement.solver import SolverConf, adjust_keypoints
 from sfmkit.refinement.tracks import build_tracks
@@ -91,7 +91,7 @@ def test_solver_recovers_a_known_subpixel_shift(kind):
     w0 = windows_of(np.clip(image, 0, 255).astype(np.uint8), pts, half)
     w1 = windows_of(np.clip(moved, 0, 255).astype(np.uint8), start, half)
     tracks = build_tracks([(0, 1, np.stack([np.arange(30), np.arange(30)], 1), None)])
-    windows = torch.cat([w0, w1])[tracks.image * 30 + tracks.keypoint]
+    windows = concat([w0, w1])[torch.from_numpy(tracks.image * 30 + tracks.keypoint)]
     positions = np.concatenate([pts, start])[tracks.image * 30 + tracks.keypoint]
     origins = window_origins(positions, half)
     refined, stats = adjust_keypoints(
@@ -118,7 +118,7 @@ def test_solver_moves_at_most_the_radius_and_keeps_the_reference():
     tracks = build_tracks([(0, 1, np.array([[0, 0]]), None)])
     positions = np.array([[20.0, 20.0], [50.0, 50.0]])
     refined, _ = adjust_keypoints(
-        tracks, ramp, window_origins(positions, 5), positions, SolverConf(radius=1.5)
+        tracks, DenseWindows(ramp), window_origins(positions, 5), positions, SolverConf(radius=1.5)
     )
     assert np.array_equal(refined[0], positions[0])  # the reference, exactly
     assert refined[1, 0] - positions[1, 0] == pytest.approx(1.5, abs=1e-3)
@@ -132,7 +132,7 @@ def test_levenberg_marquardt_does_not_stop_at_a_rejected_step():
     positions = np.array([[20.3, 20.6], [40.2, 40.7]])
     for _ in range(20):
         w = torch.from_numpy(rng.normal(size=(2, 11, 11, 6))).float()
-        w = torch.nn.functional.normalize(w, dim=-1)
+        w = DenseWindows(torch.nn.functional.normalize(w, dim=-1))
         args = (tracks, w, window_origins(positions, 5), positions)
         _, default = adjust_keypoints(*args, SolverConf(iterations=30))
         _, full = adjust_keypoints(*args, SolverConf(iterations=30, tolerance=-1.0))
@@ -145,12 +145,26 @@ def test_window_centre_is_the_rounded_keypoint():
     rgb = textured_image(7, (120, 90))
     points = np.array([[30.4, 40.6], [70.0, 20.2]])
     half = 3
-    w = WindowFeatures("intensity", None, window=7)(rgb, points, half).float()
+    w = WindowFeatures("intensity", None, window=7)(rgb, points, half).dense()
     gray = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     for i, (x, y) in enumerate(np.rint(points).astype(int)):
         patch = gray[y - 3 : y + 4, x - 3 : x + 4].ravel()
         patch = (patch - patch.mean()) / np.linalg.norm(patch - patch.mean())
         assert np.allclose(w[i, half, half].numpy(), patch, atol=2e-3)
+
+
+def test_patch_windows_sample_as_their_dense_features():
+    """The ``intensity`` store forms features only where sampled: values and derivatives must
+    be those of the same windows stored densely, anywhere in the window."""
+    rgb = textured_image(9, (100, 80))
+    points = np.random.default_rng(2).uniform(12, 68, (25, 2))
+    windows = WindowFeatures("intensity", None, window=5)(rgb, points, 4)
+    dense = DenseWindows(windows.dense())
+    local = torch.from_numpy(np.random.default_rng(3).uniform(-0.5, 9.5, (25, 2))).float()
+    for a, b in zip(windows.sample(local), dense.sample(local), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    norms = dense.data.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
 
 
 def test_passes_at_several_resolutions_recover_a_known_shift(tmp_path):

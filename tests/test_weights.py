@@ -35,3 +35,18 @@ def test_weight_files(tmp_path):
         load_vgg16(str(tmp_path / "list.pt"))
     with pytest.raises(SfmkitError, match="unknown --weights"):
         load_vgg16("vgg-from-mars")
+
+
+def test_low_precision_starts_at_the_named_convolution():
+    trunk = load_vgg16()
+    image = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        full = trunk(image, ("conv1_2", "pool2", "pool4"))
+        mixed = trunk(image, ("conv1_2", "pool2", "pool4"), low_precision=("conv3_1", torch.bfloat16))
+    # blocks 1-2 stay float32 and identical; from conv3_1 on the maps are bfloat16 and close
+    assert mixed["conv1_2"].dtype == torch.float32 and torch.equal(mixed["pool2"], full["pool2"])
+    assert mixed["pool4"].dtype == torch.bfloat16
+    cosine = torch.nn.functional.cosine_similarity(mixed["pool4"].float(), full["pool4"], dim=1)
+    assert cosine.min() > 0.99
+    with pytest.raises(ValueError, match="unknown convolution"):
+        trunk(image, low_precision=("conv9_9", torch.bfloat16))

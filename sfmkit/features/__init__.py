@@ -38,6 +38,8 @@ CONFS: dict[str, FeatureConf] = {
     "dense-vgg16": DenseVGGConf(),
     "dense-vgg16-1600": DenseVGGConf(name="dense-vgg16-1600", max_size=1600),
     "dense-vgg16-ms": DenseVGGConf(name="dense-vgg16-ms", pyramid=(1.0, 0.5, 0.25)),
+    "dense-vgg16-bf16": DenseVGGConf(name="dense-vgg16-bf16", precision="bfloat16"),
+    "dense-vgg16-mixed": DenseVGGConf(name="dense-vgg16-mixed", precision="mixed-bf16"),
     "sift": SiftConf(),
     "multiscale-kp": MultiscaleKPConf(),
 }

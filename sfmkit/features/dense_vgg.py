@@ -31,6 +31,12 @@ from sfmkit.models.weights import load_vgg16
 
 _FINE, _COARSE = "pool3", "pool4"
 _RELOC_LAYERS = ("pool2", "pool1", "conv1_2")
+#: trunk arithmetic -> (first convolution in reduced precision, its dtype), None: float32
+PRECISIONS: dict[str, tuple[str, torch.dtype] | None] = {
+    "float32": None,
+    "bfloat16": ("conv1_1", torch.bfloat16),
+    "mixed-bf16": ("conv3_1", torch.bfloat16),
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,10 @@ class DenseVGGConf:
         pyramid: image sizes extracted, as fractions of the ``max_size`` image, decreasing
             from 1.0; levels whose shorter side would fall below 64 px are skipped. More than
             one level makes matching scale-robust (zoom differences up to about 1/last level).
+        precision: arithmetic of the VGG16 trunk: ``float32``; ``bfloat16`` (autocast, every
+            convolution in bfloat16); ``mixed-bf16`` (blocks 1-2, whose norms place the
+            keypoints, in float32, blocks 3-4 in bfloat16). bfloat16 is several times faster
+            on CPUs with bfloat16 instructions (AVX512-BF16, AMX) and on CUDA.
     """
 
     kind: ClassVar[str] = "dense_vgg"
@@ -64,8 +74,11 @@ class DenseVGGConf:
     subpixel: bool = True
     store_norms: bool = True
     pyramid: tuple[float, ...] = (1.0,)
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         levels = tuple(float(v) for v in self.pyramid)
         decreasing = all(0 < b < a for a, b in zip(levels, levels[1:], strict=False))
         if not levels or levels[0] != 1.0 or not decreasing:
@@ -118,7 +131,9 @@ class DenseVGGExtractor:
     def _level(self, rgb: np.ndarray, scale: tuple[float, float]) -> tuple[dict, dict]:
         """Keypoints, descriptors and grids of one image size, and its relocalisation norms."""
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float()
-        maps = self.net(x.contiguous(memory_format=torch.channels_last), LAYERS)
+        x = x.contiguous(memory_format=torch.channels_last)
+        maps = self.net(x, LAYERS, low_precision=PRECISIONS[self.conf.precision])
+        maps = {k: v.float() for k, v in maps.items()}
         fine, coarse = maps[_FINE][0], maps[_COARSE][0]
         norms = {name: maps[name][0].norm(dim=0).float().cpu().numpy() for name in _RELOC_LAYERS}
         descriptors, scores = _normalized(fine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -86,10 +87,18 @@ class VGG16Trunk(nn.Module):
             image = image.flip(1)
         return (image * self.norm.scale - self._mean) / self._std
 
-    def forward(self, image: torch.Tensor, layers: tuple[str, ...] = LAYERS) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        image: torch.Tensor,
+        layers: tuple[str, ...] = LAYERS,
+        low_precision: tuple[str, torch.dtype] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Args:
             image: (B, 3, H, W) float RGB in 0..255.
             layers: which maps to return.
+            low_precision: (first convolution, dtype): from that convolution on, run under
+                autocast to dtype (e.g. ``("conv3_1", torch.bfloat16)``); the maps returned
+                from there on are in that dtype.
 
         Returns:
             dict layer name -> (B, C, H / 2^k, W / 2^k) tensor.
@@ -98,19 +107,24 @@ class VGG16Trunk(nn.Module):
         if unknown:
             raise ValueError(f"unknown layers {sorted(unknown)}; choose among {self.layers}")
         last = max(self.layers.index(name) for name in layers)
+        if low_precision is not None and low_precision[0] not in self.convs:
+            raise ValueError(f"unknown convolution {low_precision[0]!r}")
         x = self.normalize(image)
         out: dict[str, torch.Tensor] = {}
-        for name, _, _ in self.specs:
-            x = torch.relu(self.convs[name](x))
-            if name in ("conv1_2", "conv5_3") and name in layers:
-                out[name] = x
-            if name == "conv5_3":
-                break
-            pool = _POOL_AFTER.get(name)
-            if pool is not None:
-                x = nn.functional.max_pool2d(x, kernel_size=2, stride=2)
-                if pool in layers:
-                    out[pool] = x
-                if self.layers.index(pool) >= last:
+        with contextlib.ExitStack() as scope:
+            for name, _, _ in self.specs:
+                if low_precision is not None and name == low_precision[0]:
+                    scope.enter_context(torch.autocast(image.device.type, dtype=low_precision[1]))
+                x = torch.relu(self.convs[name](x))
+                if name in ("conv1_2", "conv5_3") and name in layers:
+                    out[name] = x
+                if name == "conv5_3":
                     break
+                pool = _POOL_AFTER.get(name)
+                if pool is not None:
+                    x = nn.functional.max_pool2d(x, kernel_size=2, stride=2)
+                    if pool in layers:
+                        out[pool] = x
+                    if self.layers.index(pool) >= last:
+                        break
         return out

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.io.h5 import (
@@ -292,9 +291,8 @@ def adjust(
     for name, sel in zip(names, per_image, strict=True):
         cap[sel] = conf.max_shift if max_shift is None else max_shift[name]
     passes = []
-    size = 2 * half + 1
     # one buffer for every pass (the largest allocation of the stage)
-    windows = torch.zeros((len(tracks.track), size, size, windows_of.dim), dtype=torch.float16)
+    windows = windows_of.empty(len(tracks.track), half)
     scale = np.ones((len(tracks.track), 2))
     for level in range(max(len(p) for p in plans.values())):
         t0 = time.perf_counter()

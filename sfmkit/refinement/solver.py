@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sfmkit.refinement.dense import sample
+from sfmkit.refinement.dense import Windows
 from sfmkit.refinement.tracks import Tracks
 
 
@@ -53,7 +53,7 @@ def _robust(s: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class _Problem:
-    windows: torch.Tensor  # (N, S, S, C)
+    windows: Windows  # N windows of S x S pixels
     local_start: torch.Tensor  # (N, 2) initial positions in window pixels
     free: torch.Tensor  # (N,) bool
     edges: torch.Tensor  # (E, 2)
@@ -153,12 +153,12 @@ def _steps(
 
 
 def adjust_keypoints(
-    tracks: Tracks, windows: torch.Tensor, origins: np.ndarray, start: np.ndarray, conf: SolverConf
+    tracks: Tracks, windows: Windows, origins: np.ndarray, start: np.ndarray, conf: SolverConf
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Refined positions of every node of ``tracks``.
 
     Args:
-        windows: (N, S, S, C) feature windows of the nodes (in node order).
+        windows: the feature windows of the nodes (in node order).
         origins: (N, 2) top-left pixel (x, y) of each window in its refinement image.
         start: (N, 2) initial positions, refinement-image pixels (0-based centres).
 
@@ -168,7 +168,7 @@ def adjust_keypoints(
     start = np.asarray(start, np.float64).reshape(-1, 2)
     if len(tracks.track) == 0:
         return start, {"iterations": 0}
-    size = windows.shape[1]
+    size = windows.size
     if size < 2 * np.ceil(conf.radius) + 3:
         raise ValueError(f"windows of {size} px are too small for a radius of {conf.radius} px")
     track = torch.from_numpy(tracks.track)
@@ -194,7 +194,7 @@ def adjust_keypoints(
     c = conf.loss_scale
     offset = torch.zeros_like(prob.local_start)  # (N, 2) move of every node
     lam = torch.full((tracks.num_tracks,), conf.damping)
-    f, jac = sample(windows, prob.local_start)
+    f, jac = windows.sample(prob.local_start)
     cost = prob.track_cost(f, c)
     initial = float(cost.sum())
     active = torch.ones(tracks.num_tracks, dtype=torch.bool)
@@ -203,7 +203,7 @@ def adjust_keypoints(
         candidate = offset + _steps(prob, groups, f, jac, lam, c)
         norm = candidate.norm(dim=1, keepdim=True)
         candidate = torch.where(norm > conf.radius, candidate * (conf.radius / norm), candidate)
-        f_new, jac_new = sample(windows, prob.local_start + candidate)
+        f_new, jac_new = windows.sample(prob.local_start + candidate)
         new_cost = prob.track_cost(f_new, c)
         better = (new_cost < cost) & active
         accept = better[prob.track]
