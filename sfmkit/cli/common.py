@@ -295,3 +295,24 @@ def labels_files(args: list[Path] | None, opts: list[Path] | None) -> list[Path]
     if missing:
         raise SfmkitError(f"labels file {missing[0]} does not exist; make it with 'sfmkit build-gl3d-labels'")
     return paths
+
+
+def parse_factors(text: str) -> tuple[int, ...]:
+    """``--factors "1 2 4"`` or ``"1,2,4"`` -> (1, 2, 4); anything else is a clear error."""
+    words = text.replace(",", " ").split()
+    try:
+        values = tuple(int(w) for w in words)
+    except ValueError:
+        raise SfmkitError(f"--factors takes whole numbers, e.g. '1 2 4 6 8 10', got {text!r}") from None
+    if not values or min(values) < 1:
+        raise SfmkitError(f"--factors needs whole numbers >= 1, e.g. '1 2 4 6 8 10', got {text!r}")
+    return values
+
+
+FactorsOpt = Annotated[
+    str,
+    typer.Option("--factors", help="Down-sampling factors, e.g. '1 2 4 6 8 10' (spaces or commas)."),
+]
+LocalizeSets = Annotated[
+    list[Path], typer.Argument(help="Localisation sets from 'sfmkit build-localize-set'.")
+]

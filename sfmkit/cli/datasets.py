@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sfmkit.cli.common import choices, finish, handle_errors, summary_table
+from sfmkit.cli.common import FactorsOpt, choices, finish, handle_errors, parse_factors, summary_table
 from sfmkit.errors import SfmkitError
 from sfmkit.labels.overlap import LabelThresholds
 from sfmkit.pipelines.build_gl3d_labels import LabelsConf, build_gl3d_labels
@@ -227,8 +227,42 @@ def build_patches_cmd(
     finish(output.parent, "build-patches", conf, output, time.perf_counter() - start, stats, rows)
 
 
+@handle_errors
+def build_localize_set_cmd(
+    images: Annotated[Path, typer.Argument(help="Folder of large images (searched recursively).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Localisation set to write (.h5).")],
+    factors: FactorsOpt = "1 2 4 6 8 10",
+    groups: Annotated[int, typer.Option("--groups", help="Key boxes per image and factor.")] = 4,
+    repeats: Annotated[int, typer.Option("--repeats", help="Shifted copies per IoU band.")] = 4,
+    box_min: Annotated[int, typer.Option("--box-min", help="Smallest key box side (reduced px).")] = 24,
+    box_max: Annotated[int, typer.Option("--box-max", help="Largest key box side (reduced px).")] = 80,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Close-ups and the source tiles that hold them, for FTFY and its triplet baseline."""
+    from sfmkit.localize.samples import LocalizeSetConf, build_localize_set
+
+    if output.suffix != ".h5":
+        raise SfmkitError(f"the localisation set must end in .h5, got {output}")
+    conf = LocalizeSetConf(
+        factors=parse_factors(factors),
+        groups_per_factor=groups,
+        repeats=repeats,
+        box_min=box_min,
+        box_max=box_max,
+        seed=seed,
+    )
+    start = time.perf_counter()
+    stats = build_localize_set(images, output, conf)
+    rows: list[tuple[str, Any]] = [(k, stats[k]) for k in ("images", "groups", "samples")]
+    rows.append(("groups per factor", ", ".join(f"{k}: {v}" for k, v in stats["groups_per_factor"].items())))
+    if stats["skipped_images"]:
+        rows.append(("skipped images", len(stats["skipped_images"])))
+    finish(output.parent, "build-localize-set", conf, output, time.perf_counter() - start, stats, rows)
+
+
 def register(app: typer.Typer) -> None:
     app.command("synth")(synth_cmd)
     app.command("make-night")(make_night_cmd)
     app.command("build-gl3d-labels")(labels_cmd)
     app.command("build-patches")(build_patches_cmd)
+    app.command("build-localize-set")(build_localize_set_cmd)

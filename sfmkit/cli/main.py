@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from sfmkit import __version__
-from sfmkit.cli import datasets, evaluate, reconstruct, stages, train
+from sfmkit.cli import datasets, evaluate, localize, reconstruct, stages, train
 from sfmkit.cli.common import is_tty, setup_logging
 from sfmkit.utils import progress
 
@@ -46,6 +46,7 @@ stages.register(app)
 reconstruct.register(app)
 datasets.register(app)
 train.register(app)
+localize.register(app)
 evaluate.register(app)
 
 

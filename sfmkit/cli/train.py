@@ -1,5 +1,6 @@
-"""``sfmkit train retrieval|keypoints|descriptor``: train sfmkit's learned models on data it can
-make itself (resumable; each writes a model file with its card and a loss history)."""
+"""``sfmkit train retrieval|keypoints|descriptor|localize-triplet|localize``: train sfmkit's
+learned models on data it can make itself (resumable; each writes a model file with its card
+and a loss history)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sfmkit.cli.common import (
     DeviceOpt,
     LabelsArgs,
     LabelsOpt,
+    LocalizeSets,
     PatchFiles,
     command_line,
     handle_errors,
@@ -150,8 +152,89 @@ def train_descriptor_cmd(
     _train_summary("train descriptor", output, card, time.perf_counter() - start)
 
 
+ArchOpt = Annotated[str, typer.Option("--arch", help="Network widths: small (CPU) or paper.")]
+
+
+@handle_errors
+def train_localize_triplet_cmd(
+    ctx: typer.Context,
+    sets: LocalizeSets,
+    output: ModelOut = Path("ftfy-triplet.pt"),
+    arch: ArchOpt = "small",
+    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps.")] = 2000,
+    batch: Annotated[int, typer.Option("--batch", help="Samples per step.")] = 32,
+    margin: Annotated[float, typer.Option("--margin", help="Triplet margin.")] = 0.5,
+    gor_weight: Annotated[
+        float, typer.Option("--gor-weight", help="Weight of the global orthogonal regularisation.")
+    ] = 1.0,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train FTFY's triplet sliding-window baseline (resumable)."""
+    from sfmkit.train.localize import TrainTripletConf, train_triplet
+
+    _check_output(output)
+    conf = TrainTripletConf(
+        arch=arch, batch=batch, margin=margin, gor_weight=gor_weight, steps=steps, lr=lr, seed=seed
+    )
+    start = time.perf_counter()
+    card = train_triplet(sets, output, conf, device=device, command=command_line(ctx))
+    _train_summary(
+        "train localize-triplet", output, card, time.perf_counter() - start, [("samples", card["samples"])]
+    )
+
+
+@handle_errors
+def train_localize_cmd(
+    ctx: typer.Context,
+    sets: LocalizeSets,
+    output: ModelOut = Path("ftfy.pt"),
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Start the extractor from this 'train localize-triplet' model."),
+    ] = None,
+    arch: ArchOpt = "small",
+    correlation: Annotated[
+        str, typer.Option("--correlation", help="dot (the authors' code) or cosine (the paper).")
+    ] = "dot",
+    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps.")] = 2000,
+    batch: Annotated[int, typer.Option("--batch", help="Samples per step.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    extractor_lr: Annotated[
+        float, typer.Option("--extractor-lr", help="Extractor learning rate / --lr, with --init.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train FTFY, the close-up localiser (resumable)."""
+    from sfmkit.train.localize import TrainFTFYConf, train_ftfy
+
+    _check_output(output)
+    conf = TrainFTFYConf(
+        arch=arch,
+        correlation=correlation,
+        batch=batch,
+        extractor_lr=extractor_lr,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+    )
+    start = time.perf_counter()
+    card = train_ftfy(sets, output, conf, init=init, device=device, command=command_line(ctx))
+    _train_summary(
+        "train localize",
+        output,
+        card,
+        time.perf_counter() - start,
+        [("samples", card["samples"]), ("init", card["init"] or "none")],
+    )
+
+
 def register(app: typer.Typer) -> None:
     train_app.command("retrieval")(train_retrieval_cmd)
     train_app.command("keypoints")(train_keypoints_cmd)
     train_app.command("descriptor")(train_descriptor_cmd)
+    train_app.command("localize-triplet")(train_localize_triplet_cmd)
+    train_app.command("localize")(train_localize_cmd)
     app.add_typer(train_app, name="train")

@@ -1,0 +1,224 @@
+"""FTFY (close-up localisation): networks, the YOLO-v1 loss, localisation sets, training and the
+whole-image search, on procedural textures the project draws itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.io.localize import read_localize_set
+from sfmkit.localize.samples import BANDS, LocalizeSetConf, build_localize_set, iou_of_shift
+from sfmkit.localize.search import LocalizeConf, box_iou_np, localize, tile_starts
+from sfmkit.models.ftfy import (
+    FTFYArch,
+    FTFYNet,
+    TripletNet,
+    decode,
+    load_network,
+    save_network,
+    to_input,
+    yolo_loss,
+)
+from sfmkit.synth.meshes import noise_texture
+
+#: A network small enough to train in seconds.
+TINY = FTFYArch(
+    extractor=(4, 8, 8, 8, 8, 16, 8, 16, 16, 16, 16, 32, 32), n_filters=16, head=(32, 16, 16, 16, 16, 16)
+)
+
+
+@pytest.fixture(scope="module")
+def texture_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("textures")
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        Image.fromarray(noise_texture(rng, 768)).save(folder / f"t{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def localize_set(texture_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("set") / "set.h5"
+    build_localize_set(texture_folder, out, LocalizeSetConf(factors=(1, 2), groups_per_factor=2, repeats=1))
+    return out
+
+
+def test_network_output_shapes_follow_the_source_size() -> None:
+    net = FTFYNet(TINY).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(2, 3, 128, 128), torch.zeros(2, 3, 256, 256))
+        wide = net(torch.zeros(1, 3, 128, 128), torch.zeros(1, 3, 256, 512))
+        emb = TripletNet(TINY).eval()(torch.rand(3, 3, 128, 128))
+    assert out.shape == (2, 16, 16, 2, 5) and wide.shape == (1, 16, 32, 2, 5)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert emb.shape == (3, 128) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        net(torch.zeros(1, 3, 128, 128), torch.zeros(1, 3, 250, 256))
+    with pytest.raises(ConfigError, match="13 extractor"):
+        FTFYArch(extractor=(8,) * 12)
+
+
+def _perfect(box: torch.Tensor, cells: int = 16) -> torch.Tensor:
+    """A prediction with one predictor exactly on ``box`` (confidence 1) and no other."""
+    pred = torch.zeros(1, cells, cells, 2, 5)
+    cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+    col, row = int(cx * cells), int(cy * cells)
+    w, h = float(box[2] - box[0]), float(box[3] - box[1])
+    pred[0, row, col, 1] = torch.tensor([1.0, cx * cells - col, cy * cells - row, w**0.5, h**0.5])
+    return pred
+
+
+def test_yolo_loss_is_zero_on_the_true_box_and_grows_off_it() -> None:
+    box = torch.tensor([[0.30, 0.40, 0.55, 0.62]])
+    loss, parts = yolo_loss(_perfect(box[0]), box)
+    assert float(loss) < 1e-6 and parts["iou"] == pytest.approx(1.0, abs=1e-5)
+    shifted = _perfect(box[0] + torch.tensor([0.05, 0, 0.05, 0]))
+    worse, worse_parts = yolo_loss(shifted, box)
+    assert float(worse) > 0.01 and worse_parts["iou"] < 0.9
+    spurious = _perfect(box[0]).clone()
+    spurious[0, 0, 0, 0, 0] = 1.0  # a confident predictor where there is no box
+    assert float(yolo_loss(spurious, box)[0]) == pytest.approx(0.5, abs=1e-5)
+    boxes, conf = decode(_perfect(box[0])[0], 1)
+    np.testing.assert_allclose(boxes[0], box[0].numpy(), atol=1e-6)
+    assert conf[0] == pytest.approx(1.0)
+
+
+def test_localize_set_holds_consistent_boxes(localize_set: Path, texture_folder: Path) -> None:
+    s = read_localize_set(localize_set)
+    assert len(s) == 2 * 2 * 2 * (1 + len(BANDS)) and s.sources.shape[1:] == (256, 256, 3)
+    assert set(s.groups["factor"].tolist()) == {1, 2}
+    box, full, band = s.samples["box"], s.samples["box_full"], s.samples["band"]
+    assert box.min() >= 0 and box.max() <= 1
+    # the box in the tile maps to the recorded full-resolution box through the tile's window
+    window = s.groups["window"][s.samples["group"]]
+    side = window[:, 2:3] - window[:, 0:1]
+    np.testing.assert_allclose(window[:, [0, 1, 0, 1]] + box * side, full, atol=0.5)
+    # shifted copies have the IoU of their band with their group's key box
+    for rows in np.split(np.arange(len(s)), len(s.groups["factor"])):
+        key = full[rows[0]]
+        assert band[rows[0]] == 0
+        for r in rows[1:]:
+            lo, hi = BANDS[band[r] - 1]
+            assert lo - 0.02 <= float(box_iou_np(full[r], key)) < hi + 0.02
+    # a target is its full-resolution box, resized
+    name = s.images[s.groups["image"][s.samples["group"][3]]]
+    image = Image.open(texture_folder / name).convert("RGB")
+    crop = np.asarray(
+        image.resize((128, 128), Image.Resampling.LANCZOS, box=tuple(full[3].tolist())), np.float32
+    )
+    assert np.abs(crop - s.targets[3].astype(np.float32)).mean() < 2.0
+    assert iou_of_shift(10, 0, 0) == 1.0 and iou_of_shift(10, 10, 0) == 0.0
+
+
+def _top1_iou(net: FTFYNet, data: object, rows: np.ndarray) -> float:
+    s = data
+    with torch.no_grad():
+        pred = net(to_input(s.targets[rows]), to_input(s.source_of(rows)))  # type: ignore[attr-defined]
+    ious = [
+        float(box_iou_np(decode(p, 1)[0][0], s.samples["box"][r])) for p, r in zip(pred, rows, strict=True)
+    ]  # type: ignore[attr-defined]
+    return float(np.mean(ious))
+
+
+def test_ftfy_learns_a_synthetic_case(localize_set: Path) -> None:
+    """On a few samples the loss falls and the best box moves onto the truth."""
+    torch.manual_seed(0)
+    s = read_localize_set(localize_set)
+    rows = np.arange(0, len(s), 4)[:6]
+    net = FTFYNet(TINY)
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    target, source = to_input(s.targets[rows]), to_input(s.source_of(rows))
+    boxes = torch.from_numpy(s.samples["box"][rows])
+    net.eval()
+    before_iou = _top1_iou(net, s, rows)
+    net.train()
+    losses = []
+    for _ in range(120):
+        loss, _ = yolo_loss(net(target, source), boxes)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    net.eval()
+    after_iou = _top1_iou(net, s, rows)
+    assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:10])
+    assert after_iou > 0.5 and after_iou > before_iou + 0.3
+
+
+def test_model_files_round_trip_and_refuse_the_wrong_kind(tmp_path: Path) -> None:
+    net = FTFYNet(TINY).eval()
+    path = save_network(tmp_path / "f.pt", "ftfy", net, {"what": "test"})
+    loaded, card = load_network("ftfy", path)
+    x, y = torch.rand(1, 3, 128, 128) - 0.5, torch.rand(1, 3, 256, 256) - 0.5
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(x, y).numpy(), net(x, y).numpy(), atol=5e-3)
+    assert card["what"] == "test"
+    with pytest.raises(SfmkitError, match="not an sfmkit triplet"):
+        load_network("triplet", path)
+    with pytest.raises(SfmkitError, match="train localize"):
+        load_network("ftfy", tmp_path / "missing.pt")
+
+
+def test_tiles_cover_the_image_and_boxes_map_to_source_pixels(texture_folder: Path) -> None:
+    assert tile_starts(100, 40, 20) == [0, 20, 40, 60] and tile_starts(100, 40, 25) == [0, 25, 50, 60]
+    assert tile_starts(30, 40, 20) == [0]
+    source = np.asarray(Image.open(texture_folder / "t0.png").convert("RGB"))
+    found = localize(
+        FTFYNet(TINY).eval(), source[100:228, 200:328], source, LocalizeConf(factors=(1, 2), top_k=3)
+    )
+    assert 1 <= len(found.boxes) <= 3 and found.tiles >= 2
+    assert (
+        found.boxes.min() >= 0 and found.boxes[:, [0, 2]].max() <= 768 and found.boxes[:, [1, 3]].max() <= 768
+    )
+    assert np.all(np.diff(found.confidence) <= 0)
+    with pytest.raises(SfmkitError, match="larger than the source"):
+        localize(FTFYNet(TINY).eval(), source, source[:100, :100])
+
+
+def test_commands_train_and_localize_end_to_end(
+    cli, localize_set: Path, texture_folder: Path, tmp_path: Path
+) -> None:
+    tri, ftfy = tmp_path / "tri.pt", tmp_path / "ftfy.pt"
+    r = cli("train", "localize-triplet", localize_set, "-o", tri, "--steps", "2", "--batch", "4")
+    assert r.exit_code == 0, r.output
+    r = cli("train", "localize", localize_set, "--init", tri, "-o", ftfy, "--steps", "2", "--batch", "2")
+    assert r.exit_code == 0, r.output
+    card = json.loads(ftfy.with_suffix(".json").read_text())
+    assert card["steps_done"] == 2 and card["init"] == str(tri) and "train localize" in card["command"]
+    query = tmp_path / "q.png"
+    Image.open(texture_folder / "t1.png").crop((300, 200, 460, 360)).save(query)
+    out = tmp_path / "loc"
+    r = cli("localize", query, texture_folder / "t1.png", "--model", ftfy, "--factors", "1 2", "-o", out)
+    assert r.exit_code == 0, r.output
+    boxes = json.loads((out / "boxes.json").read_text())["boxes"]
+    assert len(boxes) == 5 and {"x0", "y0", "x1", "y1", "confidence"} <= set(boxes[0])
+    assert (out / "boxes.png").is_file() and (out / "report.json").is_file()
+
+
+def test_bad_inputs_give_clear_errors(cli, localize_set: Path, texture_folder: Path, tmp_path: Path) -> None:
+    source = texture_folder / "t0.png"
+    r = cli("localize", source, source, "--model", tmp_path / "none.pt", "--factors", "0 2")
+    assert r.exit_code != 0 and "--factors" in r.output
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    model = save_network(tmp_path / "m.pt", "ftfy", FTFYNet(TINY), {})
+    r = cli("localize", broken, source, "--model", model)
+    assert r.exit_code != 0 and "broken.jpg" in r.output
+    big = tmp_path / "big.png"
+    Image.new("RGB", (900, 900)).save(big)
+    r = cli("localize", big, source, "--model", model)
+    assert r.exit_code != 0 and "larger than the source" in r.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("build-localize-set", empty, "-o", tmp_path / "s.h5")
+    assert r.exit_code != 0 and "no images" in r.output
+    r = cli("build-localize-set", texture_folder, "-o", tmp_path / "s.h5", "--factors", "40")
+    assert r.exit_code != 0 and "no patch group fits" in r.output
+    r = cli("train", "localize", tmp_path / "missing.h5", "-o", tmp_path / "x.pt", "--steps", "1")
+    assert r.exit_code != 0 and "build-localize-set" in r.output
