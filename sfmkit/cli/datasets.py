@@ -235,7 +235,13 @@ def build_localize_set_cmd(
     groups: Annotated[int, typer.Option("--groups", help="Key boxes per image and factor.")] = 4,
     repeats: Annotated[int, typer.Option("--repeats", help="Shifted copies per IoU band.")] = 4,
     box_min: Annotated[int, typer.Option("--box-min", help="Smallest key box side (reduced px).")] = 24,
-    box_max: Annotated[int, typer.Option("--box-max", help="Largest key box side (reduced px).")] = 80,
+    box_max: Annotated[
+        int, typer.Option("--box-max", help="Largest key box side (reduced px; 0: as large as fits).")
+    ] = 80,
+    min_fraction: Annotated[
+        float,
+        typer.Option("--min-fraction", help="Key box side at least this fraction of the largest that fits."),
+    ] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Close-ups and the source tiles that hold them, for FTFY and its triplet baseline."""
@@ -249,6 +255,7 @@ def build_localize_set_cmd(
         repeats=repeats,
         box_min=box_min,
         box_max=box_max,
+        min_fraction=min_fraction,
         seed=seed,
     )
     start = time.perf_counter()

@@ -55,7 +55,9 @@ class LocalizeSetConf:
         groups_per_factor: key boxes per image and factor.
         repeats: shifted copies per IoU band and key box.
         box_min: smallest key box side, in reduced pixels.
-        box_max: largest key box side, in reduced pixels.
+        box_max: largest key box side, in reduced pixels (0: as large as fits).
+        min_fraction: the key box side is at least this fraction of the largest that fits
+            (test sets use about 0.5, so a whole-image search needs only a few tiles).
         context: source side over the group window's side.
         seed: random seed.
     """
@@ -65,6 +67,7 @@ class LocalizeSetConf:
     repeats: int = 4
     box_min: int = 24
     box_max: int = 80
+    min_fraction: float = 0.0
     context: float = 3.0
     seed: int = 0
 
@@ -72,8 +75,12 @@ class LocalizeSetConf:
         check_factors(self.factors)
         if self.groups_per_factor < 1 or self.repeats < 0:
             raise ConfigError("groups_per_factor must be >= 1 and repeats >= 0")
-        if not 8 <= self.box_min <= self.box_max:
-            raise ConfigError(f"need 8 <= box_min <= box_max, got {self.box_min} and {self.box_max}")
+        if self.box_min < 8 or (self.box_max and self.box_max < self.box_min):
+            raise ConfigError(
+                f"need 8 <= box_min <= box_max (or box_max 0), got {self.box_min} and {self.box_max}"
+            )
+        if not 0 <= self.min_fraction <= 1:
+            raise ConfigError(f"min_fraction must be in [0, 1], got {self.min_fraction}")
         if self.context < _WINDOW_GROWTH:
             raise ConfigError(f"context must be >= {_WINDOW_GROWTH} (the source must hold the group)")
 
@@ -144,7 +151,9 @@ def make_groups(
     gray = np.asarray(reduced.convert("L"), np.float32)
     groups = []
     for _ in range(conf.groups_per_factor):
-        side = int(rng.integers(conf.box_min, min(conf.box_max, fits) + 1))
+        high = min(conf.box_max, fits) if conf.box_max else fits
+        low = min(max(conf.box_min, int(conf.min_fraction * fits)), high)
+        side = int(rng.integers(low, high + 1))
         weights = texture_weights(gray, side)
         flat = weights.ravel()
         flat = np.where(flat >= np.quantile(flat, 0.5), flat, 0.0) + 1e-9

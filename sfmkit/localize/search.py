@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from torchvision.ops import nms as torch_nms
 from torchvision.ops import roi_align
 
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.localize.samples import check_factors
-from sfmkit.models.ftfy import SOURCE_SIZE, TARGET_SIZE, FTFYNet, TripletNet, decode, to_input
+from sfmkit.models.ftfy import SOURCE_SIZE, STRIDE, TARGET_SIZE, FTFYNet, TripletNet, decode, to_input
 
 
 def crop_windows(sources: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -60,43 +61,58 @@ def ftfy_on_tiles(
 
 @torch.no_grad()
 def triplet_on_tiles(
-    net: TripletNet,
-    target: np.ndarray,
-    tiles: np.ndarray,
-    side: float,
-    top_k: int,
-    stride: float = 0.125,
-    batch: int = 256,
+    net: TripletNet, target: np.ndarray, tiles: np.ndarray, side: float, top_k: int, batch: int = 4
 ) -> tuple[np.ndarray, np.ndarray]:
     """The triplet sliding window: the ``top_k`` windows of side ``side`` (fraction of the
-    tile side) closest to the target in embedding, on a grid of ``stride x side``.
+    tile side) closest to the target in embedding.
+
+    Each tile is resized so that a window is 128 px, the extractor runs once on it, and the
+    fully connected layer becomes an 8x8 convolution over its map. That is the dense sliding
+    window at a stride of 16 px, 1/8 of the window (windows see their surroundings through the
+    convolutions' padding, where training crops saw zeros).
 
     Returns:
         boxes (t, k, 4) as fractions of the tile side, scores (t, k) = 1 - distance / 2.
     """
     device = next(net.parameters()).device
     query = net(to_input(target[None], device))[0]
-    px = side * SOURCE_SIZE
-    starts = np.arange(0.0, SOURCE_SIZE - px + 1e-6, max(stride * px, 1.0))
-    if len(starts) == 0:
-        starts = np.zeros(1)
-    gx, gy = np.meshgrid(starts, starts)
-    grid = np.column_stack([gx.ravel(), gy.ravel(), gx.ravel() + px, gy.ravel() + px])
-    grid_t = torch.from_numpy(grid).float().to(device)
+    size = max(int(round(TARGET_SIZE / side / STRIDE)) * STRIDE, TARGET_SIZE)
+    cells = TARGET_SIZE // STRIDE
+    kernel = net.fc.weight.view(-1, net.fc.in_features // cells**2, cells, cells)
     boxes, scores = [], []
-    for tile in tiles:
-        source = to_input(tile[None], device)
-        dist = []
-        for start in range(0, len(grid_t), batch):
-            chunk = grid_t[start : start + batch]
-            windows = crop_windows(source, chunk, torch.zeros(len(chunk), device=device))
-            dist.append((net(windows) - query).norm(dim=1))
-        d = torch.cat(dist)
-        k = min(top_k, len(d))
-        best = d.argsort()[:k].cpu().numpy()
-        boxes.append(grid[best] / SOURCE_SIZE)
-        scores.append(1.0 - d[best].cpu().numpy() / 2.0)
+    for start in range(0, len(tiles), batch):
+        x = to_input(tiles[start : start + batch], device)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        emb = F.normalize(F.conv2d(net.extractor(x), kernel, net.fc.bias), dim=1)
+        dist = (emb - query[None, :, None, None]).norm(dim=1).flatten(1)  # (t, n*n)
+        n = emb.shape[-1]
+        k = min(top_k, dist.shape[1])
+        best = dist.argsort(dim=1)[:, :k].cpu().numpy()
+        rows, cols = np.divmod(best, n)
+        x0, y0 = cols * STRIDE / size, rows * STRIDE / size
+        w = TARGET_SIZE / size
+        boxes += list(np.stack([x0, y0, x0 + w, y0 + w], axis=-1))
+        scores += list(1.0 - np.take_along_axis(dist.cpu().numpy(), best, 1) / 2.0)
     return np.stack(boxes), np.stack(scores)
+
+
+def merge_tiles(
+    found: np.ndarray,
+    scores: np.ndarray,
+    windows: np.ndarray,
+    image_size: tuple[int, int],
+    nms_iou: float,
+    top_k: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tile boxes (t, k, 4; fractions of each tile) -> source pixels through the tiles'
+    ``windows`` (t, 4), clipped to ``image_size`` (W, H), then non-maximum suppression:
+    (boxes, scores), best first."""
+    origin, extent = windows[:, None, :2], windows[:, None, 2:] - windows[:, None, :2]
+    full = np.concatenate([origin + found[..., :2] * extent, origin + found[..., 2:] * extent], axis=-1)
+    full = np.clip(full.reshape(-1, 4), 0, np.array([*image_size, *image_size], np.float64))
+    flat = scores.reshape(-1)
+    keep = nms(full, flat, nms_iou, top_k)
+    return full[keep], flat[keep]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.5, top_k: int | None = None) -> np.ndarray:
@@ -245,23 +261,18 @@ def localize(
         tiles, windows = made
         n_tiles += len(tiles)
         found, conf_ = ftfy_on_tiles(net, target, tiles, conf.per_tile)
-        origin, extent = windows[:, None, :2], windows[:, None, 2:] - windows[:, None, :2]
-        full = np.concatenate([origin + found[..., :2] * extent, origin + found[..., 2:] * extent], axis=-1)
-        boxes.append(full.reshape(-1, 4))
-        scores.append(conf_.reshape(-1))
-        factors.append(np.full(conf_.size, factor))
+        size = (source.shape[1], source.shape[0])
+        merged, merged_scores = merge_tiles(found, conf_, windows, size, conf.nms_iou)
+        boxes.append(merged)
+        scores.append(merged_scores)
+        factors.append(np.full(len(merged), factor))
     if not boxes:
         raise SfmkitError(
             f"no factor of {list(conf.factors)} fits a {query.shape[1]}x{query.shape[0]} close-up in a "
             f"{source.shape[1]}x{source.shape[0]} source: at factor f its footprint is its side / f "
             "and must be 4 px or more and under two thirds of the reduced source; choose other --factors"
         )
-    all_boxes, all_scores, all_factors = (
-        np.concatenate(boxes),
-        np.concatenate(scores),
-        np.concatenate(factors),
-    )
-    size = np.array([source.shape[1], source.shape[0]] * 2, np.float64)
-    all_boxes = np.clip(all_boxes, 0, size)
+    all_boxes, all_scores = np.concatenate(boxes), np.concatenate(scores)
+    all_factors = np.concatenate(factors)
     keep = nms(all_boxes, all_scores, conf.nms_iou, conf.top_k)
     return Found(all_boxes[keep], all_scores[keep], all_factors[keep], n_tiles)
