@@ -222,3 +222,22 @@ def test_bad_inputs_give_clear_errors(cli, localize_set: Path, texture_folder: P
     assert r.exit_code != 0 and "no patch group fits" in r.output
     r = cli("train", "localize", tmp_path / "missing.h5", "-o", tmp_path / "x.pt", "--steps", "1")
     assert r.exit_code != 0 and "build-localize-set" in r.output
+
+
+def test_evaluate_localize_scores_every_method_per_factor(
+    cli, localize_set: Path, texture_folder: Path, tmp_path: Path
+) -> None:
+    """The whole-image protocol on a tiny set: per-factor rows for every method, and NCC (the
+    close-up is cut from the searched image itself) finds the key boxes."""
+    ftfy = save_network(tmp_path / "f.pt", "ftfy", FTFYNet(TINY), {})
+    tri = save_network(tmp_path / "t.pt", "triplet", TripletNet(TINY), {})
+    out = tmp_path / "eval"
+    r = cli(
+        "evaluate", "localize", localize_set, "--model", ftfy, "--triplet", tri, "-o", out, "--device", "cpu"
+    )
+    assert r.exit_code == 0, r.output
+    results = json.loads((out / "results.json").read_text())["methods"]
+    assert set(results) == {"ftfy", "triplet", "ncc"}
+    assert set(results["ncc"]["per_factor"]) == {"1", "2"} and results["ncc"]["all"]["queries"] == 8
+    assert results["ncc"]["all"]["top1"] == 1.0
+    assert (out / "results.md").is_file() and (out / "report.json").is_file()

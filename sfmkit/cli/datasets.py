@@ -242,6 +242,9 @@ def build_localize_set_cmd(
         float,
         typer.Option("--min-fraction", help="Key box side at least this fraction of the largest that fits."),
     ] = 0.0,
+    query_side: Annotated[
+        int, typer.Option("--query-side", help="Fixed close-up side in full-resolution px (0: drawn).")
+    ] = 0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Close-ups and the source tiles that hold them, for FTFY and its triplet baseline."""
@@ -256,6 +259,7 @@ def build_localize_set_cmd(
         box_min=box_min,
         box_max=box_max,
         min_fraction=min_fraction,
+        query_side=query_side,
         seed=seed,
     )
     start = time.perf_counter()

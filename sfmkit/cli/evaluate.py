@@ -16,6 +16,7 @@ from sfmkit.cli.common import (
     FeaturesOpt,
     LabelsArgs,
     LabelsOpt,
+    LocalizeSets,
     MaxSizeOpt,
     OverwriteOpt,
     PatchFiles,
@@ -32,7 +33,9 @@ from sfmkit.eval.strecha import evaluate_strecha
 from sfmkit.pipelines.methods import colmap_sift_runner, default_runners
 from sfmkit.pipelines.reconstruct import ReconstructConf
 from sfmkit.retrieval.search import AGGREGATIONS, SearchConf
+from sfmkit.utils.config import conf_to_dict
 from sfmkit.utils.report import write_report
+from sfmkit.utils.timing import peak_rss_mb
 
 Method = choices("Method", ("sfmkit", "colmap-sift", "both"))
 MethodOpt = Annotated[
@@ -192,9 +195,51 @@ def evaluate_patches_cmd(
     summary_table("evaluate patches", [("queries", results["queries"]), ("time", f"{seconds:.1f} s")])
 
 
+@handle_errors
+def evaluate_localize_cmd(
+    sets: LocalizeSets,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("eval_localize"),
+    model: Annotated[
+        Path | None, typer.Option("--model", help="FTFY model ('sfmkit train localize').")
+    ] = None,
+    triplet: Annotated[
+        Path | None, typer.Option("--triplet", help="Triplet baseline ('sfmkit train localize-triplet').")
+    ] = None,
+    ncc: Annotated[bool, typer.Option("--ncc/--no-ncc", help="Also score OpenCV's multi-scale NCC.")] = True,
+    top_k: Annotated[int, typer.Option("--top-k", help="Boxes kept per query.")] = 5,
+    max_queries: Annotated[
+        int, typer.Option("--max-queries", help="At most this many queries (0: all).")
+    ] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Close-up localisation: top-1 / top-k at IoU > 0.7 and s/query per factor, FTFY beside
+    the triplet sliding window and NCC, on held-out localisation sets."""
+    from sfmkit.eval.localize import EvalLocalizeConf, evaluate_localize
+
+    conf = EvalLocalizeConf(top_k=top_k, max_queries=max_queries)
+    start = time.perf_counter()
+    results = evaluate_localize(sets, output, ftfy=model, triplet=triplet, ncc=ncc, conf=conf, device=device)
+    seconds = time.perf_counter() - start
+    write_report(
+        output,
+        "evaluate localize",
+        config=conf_to_dict(conf),
+        results=output / "results.json",
+        seconds=round(seconds, 1),
+        peak_memory_mb=round(peak_rss_mb(), 1),
+    )
+    console.print((output / "results.md").read_text(), markup=False, highlight=False)
+    rows = [
+        (f"{m} top-1 / top-{top_k}", f"{r['all']['top1']:.3f} / {r['all']['topk']:.3f}")
+        for m, r in results["methods"].items()
+    ]
+    summary_table("evaluate localize", [*rows, ("time", f"{seconds:.1f} s")])
+
+
 def register(app: typer.Typer) -> None:
     evaluate_app.command("strecha")(strecha_cmd)
     evaluate_app.command("aachen")(aachen_cmd)
     evaluate_app.command("retrieval")(evaluate_retrieval_cmd)
     evaluate_app.command("patches")(evaluate_patches_cmd)
+    evaluate_app.command("localize")(evaluate_localize_cmd)
     app.add_typer(evaluate_app, name="evaluate")

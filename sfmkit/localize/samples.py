@@ -58,6 +58,8 @@ class LocalizeSetConf:
         box_max: largest key box side, in reduced pixels (0: as large as fits).
         min_fraction: the key box side is at least this fraction of the largest that fits
             (test sets use about 0.5, so a whole-image search needs only a few tiles).
+        query_side: when > 0, every key box is this many full-resolution pixels (its side in
+            the reduced image is query_side / f); for test sets of fixed-size close-ups.
         context: source side over the group window's side.
         seed: random seed.
     """
@@ -68,6 +70,7 @@ class LocalizeSetConf:
     box_min: int = 24
     box_max: int = 80
     min_fraction: float = 0.0
+    query_side: int = 0
     context: float = 3.0
     seed: int = 0
 
@@ -79,6 +82,8 @@ class LocalizeSetConf:
             raise ConfigError(
                 f"need 8 <= box_min <= box_max (or box_max 0), got {self.box_min} and {self.box_max}"
             )
+        if self.query_side < 0:
+            raise ConfigError(f"query_side must be >= 0, got {self.query_side}")
         if not 0 <= self.min_fraction <= 1:
             raise ConfigError(f"min_fraction must be in [0, 1], got {self.min_fraction}")
         if self.context < _WINDOW_GROWTH:
@@ -145,15 +150,17 @@ def make_groups(
     reduced_size = (max(round(width / factor), 1), max(round(height / factor), 1))
     reduced = full if factor == 1 else full.resize(reduced_size, Image.Resampling.LANCZOS)
     scale = np.array([width / reduced_size[0], height / reduced_size[1]] * 2)
-    fits = int(min(reduced_size) / (conf.context * _WINDOW_GROWTH))
-    if fits < conf.box_min:
+    growth = _WINDOW_GROWTH if conf.repeats else 1.0
+    fits = int(min(reduced_size) / (conf.context * growth))
+    fixed = int(round(conf.query_side / factor)) if conf.query_side else 0
+    if fits < (fixed or conf.box_min):
         return []
     gray = np.asarray(reduced.convert("L"), np.float32)
     groups = []
     for _ in range(conf.groups_per_factor):
         high = min(conf.box_max, fits) if conf.box_max else fits
         low = min(max(conf.box_min, int(conf.min_fraction * fits)), high)
-        side = int(rng.integers(low, high + 1))
+        side = fixed or int(rng.integers(low, high + 1))
         weights = texture_weights(gray, side)
         flat = weights.ravel()
         flat = np.where(flat >= np.quantile(flat, 0.5), flat, 0.0) + 1e-9
