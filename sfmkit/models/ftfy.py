@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sfmkit.errors import ConfigError, SfmkitError
-from sfmkit.utils.files import torch_save_atomic
+from sfmkit.models.files import load_state, read_model_file, save_model_file
 
 #: Side of the target (close-up) the networks see.
 TARGET_SIZE = 128
@@ -59,7 +59,6 @@ BOXES_PER_CELL = 2
 BOX_VALUES = 5
 #: Weights of the YOLO-v1 loss terms (coordinates, object confidence, no-object confidence).
 LOSS_WEIGHTS = {"coord": 5.0, "obj": 1.0, "noobj": 0.5}
-MODEL_FORMAT = 1
 #: Bumped whenever a network's computation changes, so old checkpoints are not resumed.
 NETWORK_VERSION = 1
 LEAK = 0.1
@@ -322,15 +321,8 @@ def decode(pred: torch.Tensor, top_k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def save_network(path: Path, kind: str, net: nn.Module, card: dict[str, Any]) -> Path:
     """Write a model file (see the module docs), atomically."""
-    payload = {
-        "format": MODEL_FORMAT,
-        "kind": kind,
-        "version": NETWORK_VERSION,
-        "arch": net.arch(),  # type: ignore[operator]
-        "state": {k: _stored(v) for k, v in net.state_dict().items()},
-        "card": card,
-    }
-    return torch_save_atomic(payload, path)
+    state = {k: _stored(v) for k, v in net.state_dict().items()}
+    return save_model_file(path, kind, NETWORK_VERSION, net, card, state)
 
 
 def _stored(tensor: torch.Tensor) -> torch.Tensor:
@@ -346,24 +338,10 @@ def load_network(kind: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if kind not in NETWORKS:
         raise SfmkitError(f"unknown network kind {kind!r}")
     path = Path(path)
-    command = "localize" if kind == "ftfy" else "localize-triplet"
+    command = "sfmkit train " + ("localize" if kind == "ftfy" else "localize-triplet")
     if not path.is_file():
-        raise SfmkitError(f"{kind} weights {path} do not exist; train them with 'sfmkit train {command}'")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise SfmkitError(f"cannot read {kind} weights {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT or payload.get("kind") != kind:
-        raise SfmkitError(f"{path} is not an sfmkit {kind} model file (made by 'sfmkit train {command}')")
-    if payload.get("version") != NETWORK_VERSION:
-        raise SfmkitError(
-            f"{path} was trained for {kind} network version {payload.get('version')}, this sfmkit has "
-            f"{NETWORK_VERSION}: retrain it with 'sfmkit train {command}'"
-        )
+        raise SfmkitError(f"{kind} weights {path} do not exist; train them with '{command}'")
+    payload = read_model_file(path, kind, NETWORK_VERSION, command)
     net = NETWORKS[kind](payload["arch"])
-    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in payload["state"].items()}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise SfmkitError(f"{path}: the weights do not fit the {kind} network: {exc}") from exc
+    load_state(net, payload["state"], path, kind)
     return net.eval(), {"source": str(path), **dict(payload.get("card", {}))}

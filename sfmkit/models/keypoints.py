@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sfmkit.errors import SfmkitError
-from sfmkit.utils.files import torch_save_atomic
+from sfmkit.models.files import load_state, read_model_file, save_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ PATCH_SIZES: tuple[int, ...] = (64, 96, 128, 192, 256)
 RECURSIONS: dict[int, int] = {s: (s - 64) // 16 for s in PATCH_SIZES}
 #: Side of the descriptor network's input.
 DESCRIPTOR_INPUT = 64
-MODEL_FORMAT = 1
 #: Bumped whenever a network's computation changes, so old checkpoints are not resumed.
 NETWORK_VERSION = 2
 DATA = Path(__file__).parent / "data"
@@ -182,15 +181,8 @@ NETWORKS: dict[str, type[nn.Module]] = {"detector": MultiscaleDetector, "descrip
 
 def save_network(path: Path, kind: str, net: nn.Module, card: dict[str, Any]) -> Path:
     """Write a model file (see the module docs), atomically."""
-    payload = {
-        "format": MODEL_FORMAT,
-        "kind": kind,
-        "arch": net.arch(),  # type: ignore[operator]
-        "version": NETWORK_VERSION,
-        "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-        "card": card,
-    }
-    return torch_save_atomic(payload, path)
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    return save_model_file(path, kind, NETWORK_VERSION, net, card, state)
 
 
 def load_network(kind: str, source: str = "default") -> tuple[nn.Module, dict[str, Any]]:
@@ -209,20 +201,7 @@ def load_network(kind: str, source: str = "default") -> tuple[nn.Module, dict[st
             else "reinstall sfmkit"
         )
         raise SfmkitError(f"{kind} weights {path} do not exist; {hint}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise SfmkitError(f"cannot read {kind} weights {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT or payload.get("kind") != kind:
-        raise SfmkitError(f"{path} is not an sfmkit {kind} file (format {MODEL_FORMAT})")
-    if payload.get("version") != NETWORK_VERSION:
-        raise SfmkitError(
-            f"{path} was trained for network version {payload.get('version')}, this sfmkit has "
-            f"{NETWORK_VERSION}: retrain it with 'sfmkit train keypoints|descriptor'"
-        )
+    payload = read_model_file(path, kind, NETWORK_VERSION, "sfmkit train keypoints|descriptor")
     net = NETWORKS[kind](**payload.get("arch", {}))
-    try:
-        net.load_state_dict(payload["state"])
-    except RuntimeError as exc:
-        raise SfmkitError(f"{path}: the weights do not fit the {kind} network: {exc}") from exc
+    load_state(net, payload["state"], path, kind)
     return net.eval(), {"source": str(path), **dict(payload.get("card", {}))}
