@@ -21,7 +21,16 @@ from torchvision.ops import roi_align
 
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.localize.samples import check_factors
-from sfmkit.models.ftfy import SOURCE_SIZE, STRIDE, TARGET_SIZE, FTFYNet, TripletNet, decode, to_input
+from sfmkit.models.ftfy import (
+    SOURCE_SIZE,
+    STRIDE,
+    TARGET_SIZE,
+    FTFYNet,
+    TripletNet,
+    box_iou,
+    decode,
+    to_input,
+)
 
 
 def crop_windows(sources: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -124,12 +133,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.5, top_k: int | No
 
 
 def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes (..., 4) with boxes (..., 4), broadcast."""
-    lo = np.maximum(a[..., :2], b[..., :2])
-    hi = np.minimum(a[..., 2:], b[..., 2:])
-    inter = np.clip(hi - lo, 0, None).prod(-1)
-    area = lambda x: np.clip(x[..., 2:] - x[..., :2], 0, None).prod(-1)  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+    """IoU of boxes (..., 4) with boxes (..., 4), broadcast (:func:`sfmkit.models.ftfy.box_iou`
+    on NumPy arrays, in float64)."""
+    as_tensor = lambda x: torch.from_numpy(np.asarray(x, np.float64))  # noqa: E731
+    return box_iou(as_tensor(a), as_tensor(b)).numpy()
 
 
 # ---------------------------------------------------------------------------------- whole images
