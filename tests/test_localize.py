@@ -22,6 +22,7 @@ from sfmkit.models.ftfy import (
     decode,
     load_network,
     save_network,
+    softmax_loss,
     to_input,
     yolo_loss,
 )
@@ -126,7 +127,24 @@ def _top1_iou(net: FTFYNet, data: object, rows: np.ndarray) -> float:
     return float(np.mean(ious))
 
 
-def test_ftfy_learns_a_synthetic_case(localize_set: Path) -> None:
+def test_softmax_loss_picks_the_responsible_predictor_or_the_background() -> None:
+    box = torch.tensor([[0.30, 0.40, 0.55, 0.62]])
+    logits = torch.logit(_perfect(box[0]).clamp(1e-4, 1 - 1e-4))
+    logits[..., 0] = -20.0
+    right = logits.clone()
+    right[0, int(0.51 * 16), int(0.425 * 16), 1, 0] = 10.0  # the responsible cell and predictor
+    wrong = logits.clone()
+    wrong[0, 2, 2, 0, 0] = 10.0
+    loss_right, parts = softmax_loss(right, box)
+    loss_wrong, _ = softmax_loss(wrong, box)
+    assert parts["iou"] == pytest.approx(1.0, abs=1e-3) and float(loss_right) < 0.01 < float(loss_wrong)
+    # a source without the target: the background logit (0) should win
+    absent = torch.tensor([False])
+    assert float(softmax_loss(logits, box, absent)[0]) < 0.01 < float(softmax_loss(right, box, absent)[0])
+
+
+@pytest.mark.parametrize("loss_name", ["yolo", "softmax"])
+def test_ftfy_learns_a_synthetic_case(localize_set: Path, loss_name: str) -> None:
     """On a few samples the loss falls and the best box moves onto the truth."""
     torch.manual_seed(0)
     s = read_localize_set(localize_set)
@@ -140,7 +158,10 @@ def test_ftfy_learns_a_synthetic_case(localize_set: Path) -> None:
     net.train()
     losses = []
     for _ in range(120):
-        loss, _ = yolo_loss(net(target, source), boxes)
+        if loss_name == "yolo":
+            loss, _ = yolo_loss(net(target, source), boxes)
+        else:
+            loss, _ = softmax_loss(net.logits(net.filters(target), net.extractor(source)), boxes)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -187,10 +208,16 @@ def test_commands_train_and_localize_end_to_end(
     tri, ftfy = tmp_path / "tri.pt", tmp_path / "ftfy.pt"
     r = cli("train", "localize-triplet", localize_set, "-o", tri, "--steps", "2", "--batch", "4")
     assert r.exit_code == 0, r.output
-    r = cli("train", "localize", localize_set, "--init", tri, "-o", ftfy, "--steps", "2", "--batch", "2")
+    r = cli(
+        "train", "localize", localize_set, "--init", tri, "-o", ftfy, "--steps", "2", "--batch", "2",
+        "--head-steps", "3", "--head-batch", "4",
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     card = json.loads(ftfy.with_suffix(".json").read_text())
     assert card["steps_done"] == 2 and card["init"] == str(tri) and "train localize" in card["command"]
+    assert (tmp_path / "ftfy-head.ckpt").is_file()
+    r = cli("train", "localize", localize_set, "-o", tmp_path / "f2.pt", "--steps", "1", "--head-steps", "2")
+    assert r.exit_code != 0 and "--init" in r.output
     query = tmp_path / "q.png"
     Image.open(texture_folder / "t1.png").crop((300, 200, 460, 360)).save(query)
     out = tmp_path / "loc"
@@ -241,3 +268,59 @@ def test_evaluate_localize_scores_every_method_per_factor(
     assert set(results["ncc"]["per_factor"]) == {"1", "2"} and results["ncc"]["all"]["queries"] == 8
     assert results["ncc"]["all"]["top1"] == 1.0
     assert (out / "results.md").is_file() and (out / "report.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def rendered_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sfmkit.pipelines.synth import SynthConf, synthesize
+
+    out = tmp_path_factory.mktemp("scene")
+    synthesize(
+        SynthConf(
+            scene="facade", n_images=4, size=(640, 480), seed=5, depth=True, points=2000, image_format="png"
+        ),
+        out,
+    )
+    return out
+
+
+def test_cross_view_boxes_are_the_reprojection_of_the_close_up(rendered_scene: Path, tmp_path: Path) -> None:
+    from sfmkit.localize.crossview import CrossViewConf, build_cross_view_set, load_views
+
+    out = tmp_path / "xv.h5"
+    counts = build_cross_view_set(
+        rendered_scene, out, CrossViewConf(factors=(1, 2), queries_per_pair=5, seed=1)
+    )
+    s = read_localize_set(out)
+    assert counts["samples"] == len(s) >= 10
+    views = {v.name: v for v in load_views(rendered_scene)}
+    for row in range(len(s)):
+        wide = views[s.images[int(s.groups["image"][row])]]
+        close_row, query, scale = s.query_of(row)
+        close = views[s.images[close_row]]
+        assert close is not wide
+        # the close-up's centre, lifted with its own depth, lands inside the box in the wide view
+        centre = close.lift(((query[:2] + query[2:]) / 2)[None])
+        uv, seen = wide.sees(centre)
+        box = s.samples["box_full"][row]
+        if seen[0]:
+            assert box[0] - 1 <= uv[0, 0] <= box[2] + 1 and box[1] - 1 <= uv[0, 1] <= box[3] + 1
+        side = np.sqrt(np.prod(box[2:] - box[:2])) / s.groups["factor"][row]
+        assert scale == pytest.approx((query[2] - query[0]) / side, rel=1e-3)
+        frac = s.samples["box"][row]
+        window = s.groups["window"][row]
+        np.testing.assert_allclose(window[:2] + frac[:2] * (window[2] - window[0]), box[:2], atol=0.6 * 2)
+
+
+def test_evaluate_localize_reads_cross_view_queries(cli, rendered_scene: Path, tmp_path: Path) -> None:
+    out = tmp_path / "xv.h5"
+    r = cli(
+        "build-localize-set", rendered_scene, "--cross-view", "-o", out, "--factors", "1 2", "--groups", "2"
+    )
+    assert r.exit_code == 0, r.output
+    r = cli("evaluate", "localize", out, "-o", tmp_path / "eval", "--max-queries", "6")
+    assert r.exit_code == 0, r.output
+    ncc = json.loads((tmp_path / "eval" / "results.json").read_text())["methods"]["ncc"]["all"]
+    assert ncc["queries"] == 6
+    r = cli("build-localize-set", tmp_path, "--cross-view", "-o", tmp_path / "x.h5")
+    assert r.exit_code != 0 and "gt_dense_cameras" in r.output

@@ -229,9 +229,21 @@ def build_patches_cmd(
 
 @handle_errors
 def build_localize_set_cmd(
-    images: Annotated[Path, typer.Argument(help="Folder of large images (searched recursively).")],
+    images: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of large images (searched recursively); with --cross-view a rendered scene."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Localisation set to write (.h5).")],
     factors: FactorsOpt = "1 2 4 6 8 10",
+    cross_view: Annotated[
+        bool,
+        typer.Option(
+            "--cross-view",
+            help="Close-ups cut from other views of a 'synth --depth' scene, boxes by reprojection.",
+        ),
+    ] = False,
     groups: Annotated[int, typer.Option("--groups", help="Key boxes per image and factor.")] = 4,
     repeats: Annotated[int, typer.Option("--repeats", help="Shifted copies per IoU band.")] = 4,
     box_min: Annotated[int, typer.Option("--box-min", help="Smallest key box side (reduced px).")] = 24,
@@ -252,6 +264,9 @@ def build_localize_set_cmd(
 
     if output.suffix != ".h5":
         raise SfmkitError(f"the localisation set must end in .h5, got {output}")
+    if cross_view:
+        _cross_view_set(images, output, parse_factors(factors), groups, box_min, box_max, min_fraction, seed)
+        return
     conf = LocalizeSetConf(
         factors=parse_factors(factors),
         groups_per_factor=groups,
@@ -268,6 +283,35 @@ def build_localize_set_cmd(
     rows.append(("groups per factor", ", ".join(f"{k}: {v}" for k, v in stats["groups_per_factor"].items())))
     if stats["skipped_images"]:
         rows.append(("skipped images", len(stats["skipped_images"])))
+    finish(output.parent, "build-localize-set", conf, output, time.perf_counter() - start, stats, rows)
+
+
+def _cross_view_set(
+    scene: Path,
+    output: Path,
+    factors: tuple[int, ...],
+    queries: int,
+    box_min: int,
+    box_max: int,
+    min_fraction: float,
+    seed: int,
+) -> None:
+    from sfmkit.localize.crossview import CrossViewConf, build_cross_view_set
+
+    conf = CrossViewConf(
+        factors=factors,
+        queries_per_pair=queries,
+        box_min=box_min,
+        box_max=box_max,
+        min_fraction=min_fraction,
+        seed=seed,
+    )
+    start = time.perf_counter()
+    stats = build_cross_view_set(scene, output, conf)
+    rows: list[tuple[str, Any]] = [(k, stats[k]) for k in ("images", "pairs", "samples")]
+    rows.append(
+        ("samples per factor", ", ".join(f"{k}: {v}" for k, v in stats["samples_per_factor"].items()))
+    )
     finish(output.parent, "build-localize-set", conf, output, time.perf_counter() - start, stats, rows)
 
 

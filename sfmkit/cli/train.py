@@ -198,7 +198,18 @@ def train_localize_cmd(
     correlation: Annotated[
         str, typer.Option("--correlation", help="dot (the authors' code) or cosine (the paper).")
     ] = "dot",
-    steps: Annotated[int, typer.Option("--steps", help="Optimisation steps.")] = 2000,
+    loss: Annotated[
+        str, typer.Option("--loss", help="softmax (one choice per sample) or yolo (the paper's).")
+    ] = "softmax",
+    negatives: Annotated[
+        float, typer.Option("--negatives", help="Fraction of samples paired with another image's source.")
+    ] = 0.25,
+    head_steps: Annotated[
+        int,
+        typer.Option("--head-steps", help="Steps training the head alone on frozen --init features first."),
+    ] = 0,
+    head_batch: Annotated[int, typer.Option("--head-batch", help="Samples per head step.")] = 64,
+    steps: Annotated[int, typer.Option("--steps", help="Full optimisation steps.")] = 2000,
     batch: Annotated[int, typer.Option("--batch", help="Samples per step.")] = 16,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     extractor_lr: Annotated[
@@ -214,6 +225,10 @@ def train_localize_cmd(
     conf = TrainFTFYConf(
         arch=arch,
         correlation=correlation,
+        loss=loss,
+        negatives=negatives,
+        head_steps=head_steps,
+        head_batch=head_batch,
         batch=batch,
         extractor_lr=extractor_lr,
         steps=steps,

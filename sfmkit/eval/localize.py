@@ -71,9 +71,10 @@ class EvalLocalizeConf:
 
 
 def ncc_search(
-    query: np.ndarray, reduced: np.ndarray, factor: int, top_k: int
+    query: np.ndarray, reduced: np.ndarray, scale: float, top_k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Multi-scale normalised cross-correlation: boxes in reduced pixels and scores."""
+    """Multi-scale normalised cross-correlation of ``query`` reduced ``scale`` times (times
+    :data:`NCC_SCALES`): boxes in reduced pixels and scores."""
     try:
         import cv2
     except ImportError as exc:  # pragma: no cover - OpenCV ships with the dev extra
@@ -82,7 +83,7 @@ def ncc_search(
     q = cv2.cvtColor(query, cv2.COLOR_RGB2GRAY)
     boxes, scores = [], []
     for s in NCC_SCALES:
-        side = max(int(round(q.shape[1] / factor * s)), 4), max(int(round(q.shape[0] / factor * s)), 4)
+        side = max(int(round(q.shape[1] / scale * s)), 4), max(int(round(q.shape[0] / scale * s)), 4)
         if side[0] >= gray.shape[1] or side[1] >= gray.shape[0]:
             continue
         template = cv2.resize(q, side, interpolation=cv2.INTER_AREA)
@@ -99,8 +100,22 @@ def ncc_search(
     return all_boxes[keep], all_scores[keep]
 
 
-def _queries(set_files: list[Path], conf: EvalLocalizeConf) -> list[tuple[Path, str, int, np.ndarray]]:
-    """(image path, set name, factor, full-resolution box) of every query, grouped by image."""
+@dataclass(frozen=True)
+class Query:
+    """One query: the searched image, the factor, the true box there (full-resolution pixels),
+    the image and box the close-up is cut from, and the close-up's scale over its footprint in
+    the reduced searched image."""
+
+    image: Path
+    factor: int
+    box: np.ndarray
+    query_image: Path
+    query_box: np.ndarray
+    scale: float
+
+
+def _queries(set_files: list[Path], conf: EvalLocalizeConf) -> list[Query]:
+    """Every query of the sets, grouped by searched image."""
     queries = []
     for path in set_files:
         s = read_localize_set(path)
@@ -109,11 +124,21 @@ def _queries(set_files: list[Path], conf: EvalLocalizeConf) -> list[tuple[Path, 
         for r in rows:
             g = int(s.samples["group"][r])
             image = folder / s.images[int(s.groups["image"][g])]
-            queries.append((image, Path(path).name, int(s.groups["factor"][g]), s.samples["box_full"][r]))
+            source_row, query_box, scale = s.query_of(int(r))
+            queries.append(
+                Query(
+                    image,
+                    int(s.groups["factor"][g]),
+                    np.asarray(s.samples["box_full"][r], np.float64),
+                    folder / s.images[source_row],
+                    query_box,
+                    scale,
+                )
+            )
     if conf.max_queries and len(queries) > conf.max_queries:
         pick = np.random.default_rng(0).choice(len(queries), conf.max_queries, replace=False)
         queries = [queries[i] for i in sorted(pick)]
-    queries.sort(key=lambda q: str(q[0]))
+    queries.sort(key=lambda q: (str(q.image), str(q.query_image)))
     return queries
 
 
@@ -142,22 +167,28 @@ def evaluate_localize(
         raise SfmkitError(f"the localisation sets hold no queries of bands {list(conf.bands)}")
     hits: dict[str, dict[int, list[tuple[bool, bool]]]] = {m: defaultdict(list) for m in methods}
     seconds: dict[str, list[float]] = {m: [] for m in methods}
-    cached: tuple[Path | None, Image.Image | None] = (None, None)
-    for image_path, _, factor, box in track(queries, "evaluate localize"):
-        if cached[0] != image_path:
-            if not image_path.is_file():
+    cache: dict[Path, Image.Image] = {}
+
+    def load(path: Path) -> Image.Image:
+        if path not in cache:
+            if not path.is_file():
                 raise SfmkitError(
-                    f"{image_path} (an image of the localisation set) is missing: the set records "
+                    f"{path} (an image of the localisation set) is missing: the set records "
                     "its image folder; rebuild the set or restore the images"
                 )
-            cached = (image_path, Image.fromarray(read_image(image_path).rgb))
-        image = cached[1]
-        assert image is not None
-        query = np.asarray(image.crop(tuple(int(round(v)) for v in box)), np.uint8)
+            if len(cache) > 2:
+                cache.pop(next(iter(cache)))
+            cache[path] = Image.fromarray(read_image(path).rgb)
+        return cache[path]
+
+    for q in track(queries, "evaluate localize"):
+        image_path, factor, box = q.image, q.factor, q.box
+        image = load(image_path)
+        query = np.asarray(load(q.query_image).crop(tuple(int(round(v)) for v in q.query_box)), np.uint8)
         side = float(np.sqrt(query.shape[0] * query.shape[1]))
         start = time.perf_counter()
         made = source_tiles(
-            image, side / factor, factor, LocalizeConf(factors=(factor,), tile_ratio=conf.tile_ratio)
+            image, side / q.scale, factor, LocalizeConf(factors=(factor,), tile_ratio=conf.tile_ratio)
         )
         tile_seconds = time.perf_counter() - start
         if made is None:
@@ -181,7 +212,7 @@ def evaluate_localize(
             else:
                 reduced_size = (max(round(image.width / factor), 1), max(round(image.height / factor), 1))
                 reduced = np.asarray(image.resize(reduced_size, Image.Resampling.LANCZOS), np.uint8)
-                found_r, _ = ncc_search(query, reduced, factor, conf.top_k)
+                found_r, _ = ncc_search(query, reduced, q.scale, conf.top_k)
                 boxes = found_r * np.array(
                     [image.width / reduced_size[0], image.height / reduced_size[1]] * 2
                 )

@@ -16,6 +16,12 @@ Layout (RGB, uint8)::
     /samples/box_full            (M, 4) the same box in full-resolution pixels
     /samples/band                (M,) 0: the group's key box; 1, 2, 3: a shifted copy whose IoU
                                  with the key box is in [0.7, 1), [0.5, 0.7), [0.3, 0.5)
+    /samples/query_image         optional (M,) row in /images of the image the close-up is cut
+                                 from (cross-view sets); absent: the group's image
+    /samples/query_box           optional (M, 4) the close-up in that image (full-resolution
+                                 pixels); absent: box_full
+    /samples/scale               optional (M,) close-up side over its footprint's side in the
+                                 reduced image; absent: the factor
     attrs: stage="localize-set", schema, config (JSON), images_dir, counts (JSON)
 
 Pixel coordinates put the top-left corner of the top-left pixel at (0, 0). The file is written to
@@ -60,6 +66,23 @@ class LocalizeSet:
     def factor_of(self, rows: np.ndarray) -> np.ndarray:
         """The down-sampling factors of sample ``rows``."""
         return self.groups["factor"][self.samples["group"][rows]]
+
+    def query_of(self, row: int) -> tuple[int, np.ndarray, float]:
+        """Where sample ``row``'s close-up comes from: (row in :attr:`images`, box in that image
+        in full-resolution pixels, close-up side over its footprint's side in the reduced
+        searched image)."""
+        group = int(self.samples["group"][row])
+        if "query_image" in self.samples:
+            return (
+                int(self.samples["query_image"][row]),
+                np.asarray(self.samples["query_box"][row], np.float64),
+                float(self.samples["scale"][row]),
+            )
+        return (
+            int(self.groups["image"][group]),
+            np.asarray(self.samples["box_full"][row], np.float64),
+            float(self.groups["factor"][group]),
+        )
 
 
 def write_localize_set(

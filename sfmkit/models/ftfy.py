@@ -193,8 +193,7 @@ class FTFYNet(nn.Module):
         """(n, 3, 128, 128) targets -> (n, n_filters, C) filters."""
         if tuple(target.shape[-2:]) != (TARGET_SIZE, TARGET_SIZE):
             raise ValueError(f"targets must be {TARGET_SIZE}x{TARGET_SIZE}, got {tuple(target.shape[-2:])}")
-        g = self.generate(self.squeeze(self.extractor(target)))  # (n, F*C, 1, 1)
-        return g.view(len(target), self.conf.n_filters, -1)
+        return self.target_filters(self.extractor(target))
 
     def correlate(self, filters: torch.Tensor, source_features: torch.Tensor) -> torch.Tensor:
         """Response maps (n, n_filters, h, w) of ``filters`` over the source features."""
@@ -210,9 +209,18 @@ class FTFYNet(nn.Module):
     def predict(self, filters: torch.Tensor, source_features: torch.Tensor) -> torch.Tensor:
         """The head on precomputed filters and source features (one target, many tiles: expand
         the filters to the tiles' batch)."""
-        out = torch.sigmoid(self.head(self.correlate(filters, source_features)))
+        return torch.sigmoid(self.logits(filters, source_features))
+
+    def logits(self, filters: torch.Tensor, source_features: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict` before the sigmoid (what :func:`softmax_loss` trains)."""
+        out = self.head(self.correlate(filters, source_features))
         n, _, h, w = out.shape
         return out.view(n, BOXES_PER_CELL, BOX_VALUES, h, w).permute(0, 3, 4, 1, 2)
+
+    def target_filters(self, target_features: torch.Tensor) -> torch.Tensor:
+        """:meth:`filters` from precomputed target features (n, C, 8, 8)."""
+        generated = self.generate(self.squeeze(target_features))  # (n, F*C, 1, 1)
+        return generated.view(len(target_features), self.conf.n_filters, -1)
 
 
 class TripletNet(nn.Module):
@@ -263,8 +271,27 @@ def grid_boxes(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return boxes, pred[..., 0]
 
 
+def _responsible(pred: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """For each sample, the cell (row, col) holding its box centre, the predictor ``best`` of
+    that cell whose box overlaps it most, that overlap, and the coordinate error of the
+    predictor (x, y within the cell and sqrt w, sqrt h; see :func:`yolo_loss`)."""
+    n, h, w, _, _ = pred.shape
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)
+    col = (centre[:, 0] * w).long().clamp(0, w - 1)
+    row = (centre[:, 1] * h).long().clamp(0, h - 1)
+    idx = torch.arange(n, device=pred.device)
+    cell_boxes, _ = grid_boxes(pred)
+    iou = box_iou(cell_boxes[idx, row, col], boxes[:, None, :]).detach()  # (n, B)
+    best = iou.argmax(1)
+    chosen = pred[idx, row, col, best]  # (n, 5)
+    target_xy = torch.stack([centre[:, 0] * w - col, centre[:, 1] * h - row], dim=1)
+    coord = ((chosen[:, 1:3] - target_xy) ** 2).sum(1) + ((chosen[:, 3:5] - size.sqrt()) ** 2).sum(1)
+    return row, col, best, iou[idx, best], coord
+
+
 def yolo_loss(pred: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """The YOLO-v1 loss for one true box per sample.
+    """The YOLO-v1 loss for one true box per sample (the paper's).
 
     Args:
         pred: (n, h, w, B, 5) network output.
@@ -278,21 +305,9 @@ def yolo_loss(pred: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, di
     the responsible predictor.
     """
     n, h, w, nb, _ = pred.shape
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)
-    col = (centre[:, 0] * w).long().clamp(0, w - 1)
-    row = (centre[:, 1] * h).long().clamp(0, h - 1)
+    row, col, best, best_iou, coord = _responsible(pred, boxes)
     idx = torch.arange(n, device=pred.device)
-    cell = pred[idx, row, col]  # (n, B, 5)
-    cell_boxes, _ = grid_boxes(pred)
-    candidates = cell_boxes[idx, row, col]  # (n, B, 4)
-    iou = box_iou(candidates, boxes[:, None, :]).detach()
-    best = iou.argmax(1)
-    chosen = cell[idx, best]  # (n, 5)
-    target_xy = torch.stack([centre[:, 0] * w - col, centre[:, 1] * h - row], dim=1)
-    coord = ((chosen[:, 1:3] - target_xy) ** 2).sum(1) + ((chosen[:, 3:5] - size.sqrt()) ** 2).sum(1)
-    best_iou = iou[idx, best]
-    obj = (chosen[:, 0] - best_iou) ** 2
+    obj = (pred[idx, row, col, best, 0] - best_iou) ** 2
     responsible = torch.zeros(n, h, w, nb, dtype=torch.bool, device=pred.device)
     responsible[idx, row, col, best] = True
     noobj = (pred[..., 0] ** 2).masked_fill(responsible, 0.0).flatten(1).sum(1)
@@ -305,6 +320,50 @@ def yolo_loss(pred: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, di
     logged = {k: float(v.detach()) for k, v in parts.items()}
     logged["iou"] = float(best_iou.mean())
     return loss, logged
+
+
+def softmax_loss(
+    logits: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """A localisation loss that trains the confidences as one choice per sample.
+
+    The coordinates are trained as in :func:`yolo_loss` (same responsible predictor, same
+    weight). The confidence logits of all ``h * w * B`` predictors, plus a fixed background
+    logit of 0, form one softmax, and its cross-entropy picks the responsible predictor, or
+    the background for samples whose source does not hold the target (``present`` False).
+
+    The YOLO confidence terms give each of the 512 predictors an independent squared error,
+    and on two CPU cores they did not learn *where* the target is within the budget (the
+    responsible predictor's confidence stayed near 0; ``benchmarks/README.md``); the softmax
+    makes the cells compete directly. The fixed background logit keeps the confidences
+    (``sigmoid(logit)``) comparable across tiles, which the search ranks them by.
+
+    Args:
+        logits: (n, h, w, B, 5) network output before the sigmoid (:meth:`FTFYNet.logits`).
+        boxes: (n, 4) true boxes (fractions of the source side); ignored where not present.
+        present: (n,) whether the source holds the target (default: all).
+    """
+    n = len(logits)
+    present = torch.ones(n, dtype=torch.bool, device=logits.device) if present is None else present
+    pred = torch.sigmoid(logits)
+    conf = torch.cat([logits[..., 0].flatten(1), logits.new_zeros(n, 1)], dim=1)
+    label = torch.full((n,), conf.shape[1] - 1, dtype=torch.long, device=logits.device)
+    parts = {"coord": logits.new_zeros(()), "choice": logits.new_zeros(())}
+    logged = {"iou": float("nan")}
+    if present.any():
+        _, h, w, nb, _ = pred.shape
+        row, col, best, best_iou, coord = _responsible(pred[present], boxes[present])
+        label[present] = (row * w + col) * nb + best
+        parts["coord"] = LOSS_WEIGHTS["coord"] * coord.sum() / n
+        logged["iou"] = float(best_iou.mean())
+    parts["choice"] = F.cross_entropy(conf, label)
+    loss = parts["coord"] + parts["choice"]
+    logged.update({k: float(v.detach()) for k, v in parts.items()})
+    return loss, logged
+
+
+#: The localisation losses ``sfmkit train localize --loss`` offers.
+LOSSES = ("softmax", "yolo")
 
 
 def decode(pred: torch.Tensor, top_k: int) -> tuple[np.ndarray, np.ndarray]:

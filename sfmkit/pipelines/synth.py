@@ -25,12 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image
 
 from sfmkit.errors import SfmkitError
-from sfmkit.io.h5 import encode_name
+from sfmkit.io.depth import write_depths
 from sfmkit.io.intrinsics import write_intrinsics
 from sfmkit.io.strecha import StrechaCamera, write_camera
 from sfmkit.synth.gl import Renderer
@@ -158,9 +157,7 @@ def synthesize(conf: SynthConf, out: Path) -> SynthResult:
     mesh = combined_mesh(scene.parts)
     mesh.export(out / "mesh.ply")
     if conf.depth:
-        with h5py.File(out / "depth.h5", "w") as f:
-            for name, d in zip(names, depths, strict=True):
-                f.create_dataset(encode_name(name), data=d, compression="gzip", shuffle=True)
+        write_depths(out / "depth.h5", zip(names, depths, strict=True))
     timings["export"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     counts = {

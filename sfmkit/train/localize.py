@@ -8,9 +8,15 @@ the triplet margin loss on L2 distances, plus the global orthogonal regularisati
 et al. ("Learning Spread-out Local Feature Descriptors", ICCV 2017), which spreads
 non-matching embeddings over the sphere.
 
-FTFY: the YOLO-v1 loss of :func:`sfmkit.models.ftfy.yolo_loss` on (target, source, box)
-samples. With ``--init``, the extractor starts from a trained triplet baseline and is
-fine-tuned at ``extractor_lr`` times the learning rate.
+FTFY: a localisation loss on (target, source, box) samples, :func:`sfmkit.models.ftfy.softmax_loss`
+(default) or the paper's YOLO-v1 loss (``--loss yolo``). A fraction ``negatives`` of the
+samples is paired with the source of another image, where the target is absent. With
+``--init``, the extractor starts from a trained triplet baseline. The first ``head_steps``
+then train only the filter generator and head on the extractor's features of every source
+and target, computed once (about a tenth of the cost of a full step, so many more steps fit
+the CPU budget; the flips and transpositions are then applied to the feature maps). The
+remaining steps fine-tune everything, the extractor at ``extractor_lr`` times the learning
+rate.
 
 Both augment each batch with one of the eight flips and transpositions, applied to target,
 source and box alike, and with an independent brightness and contrast change of each image.
@@ -18,6 +24,7 @@ source and box alike, and with an independent brightness and contrast change of 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +38,19 @@ from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.io.localize import LocalizeSet, read_localize_set
 from sfmkit.localize.search import box_iou_np, crop_windows
 from sfmkit.models.ftfy import (
+    LOSSES,
     SOURCE_SIZE,
     FTFYNet,
     TripletNet,
     arch_from,
     load_network,
     save_network,
+    softmax_loss,
     to_input,
     yolo_loss,
 )
 from sfmkit.train.loop import model_card, run_training, start_training, write_history
+from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +92,11 @@ class TrainFTFYConf:
         arch: network widths, ``small`` or ``paper``.
         correlation: ``dot`` (the authors' code) or ``cosine`` (the paper).
         batch: samples per step.
+        loss: ``softmax`` (:func:`sfmkit.models.ftfy.softmax_loss`) or ``yolo`` (the paper's).
+        negatives: fraction of samples given the source of another image (target absent).
+        head_steps, head_batch: steps (and their batch) that train the filter generator and
+            head alone on precomputed extractor features, before ``steps`` full steps (needs
+            ``--init``).
         extractor_lr: the extractor's learning rate over ``lr`` when it starts from ``--init``.
         steps, lr, weight_decay: Adam optimisation.
         seed, checkpoint_every: random seed; steps between checkpoints.
@@ -89,7 +104,11 @@ class TrainFTFYConf:
 
     arch: str = "small"
     correlation: str = "dot"
+    loss: str = "softmax"
+    negatives: float = 0.25
     batch: int = 16
+    head_steps: int = 0
+    head_batch: int = 64
     extractor_lr: float = 0.1
     steps: int = 2000
     lr: float = 1e-3
@@ -99,8 +118,14 @@ class TrainFTFYConf:
 
     def __post_init__(self) -> None:
         self.net_arch()
-        if self.batch < 1 or self.steps < 0 or self.lr <= 0 or self.extractor_lr < 0:
-            raise ConfigError("train localize needs batch >= 1, steps >= 0, lr > 0, extractor_lr >= 0")
+        if self.batch < 1 or self.head_batch < 1 or self.steps < 0 or self.head_steps < 0:
+            raise ConfigError("train localize needs batch, head_batch >= 1 and steps, head_steps >= 0")
+        if self.lr <= 0 or self.extractor_lr < 0:
+            raise ConfigError("train localize needs lr > 0 and extractor_lr >= 0")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown localisation loss {self.loss!r}; choose one of {list(LOSSES)}")
+        if not 0 <= self.negatives < 1 or (self.negatives and self.loss != "softmax"):
+            raise ConfigError("negatives is a fraction in [0, 1), and needs --loss softmax")
 
     def net_arch(self) -> Any:
         base = arch_from(self.arch)
@@ -118,17 +143,33 @@ class LocalizeData:
         self.sources = np.concatenate([s.sources for s in sets])
         self.group = np.concatenate([s.samples["group"] + o for s, o in zip(sets, offsets, strict=True)])
         self.boxes = np.concatenate([s.samples["box"] for s in sets]).astype(np.float32)
+        #: Image of each source, unique across sets.
+        self.image = np.concatenate([s.groups["image"] + 1_000_000 * i for i, s in enumerate(sets)])
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    def pair(
+        self, rows: np.ndarray, negatives: float, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The source of each sample, replaced with probability ``negatives`` by a source of
+        another image; and whether the target is in it."""
+        groups = self.group[rows].copy()
+        swap = rng.random(len(rows)) < negatives
+        if swap.any():
+            others = rng.integers(0, len(self.sources), int(swap.sum()))
+            groups[swap] = others
+            swap[swap] = self.image[others] != self.image[self.group[rows][swap]]
+            groups[~swap] = self.group[rows][~swap]
+        return groups, ~swap
+
     def batch(
-        self, rows: np.ndarray, device: torch.device
+        self, rows: np.ndarray, device: torch.device, groups: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Targets, sources (network input) and boxes (fractions of the source side)."""
         return (
             to_input(self.targets[rows], device),
-            to_input(self.sources[self.group[rows]], device),
+            to_input(self.sources[self.group[rows] if groups is None else groups], device),
             torch.from_numpy(self.boxes[rows]).to(device),
         )
 
@@ -138,6 +179,22 @@ def augment(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One of the eight flips/transpositions for the whole batch (images and boxes alike), and
     an independent brightness and contrast change per image."""
+    target, source, boxes = dihedral(target, source, boxes, rng)
+
+    def photometric(x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        gain = torch.from_numpy(rng.uniform(0.75, 1.25, (n, 1, 1, 1))).to(x)
+        shift = torch.from_numpy(rng.uniform(-0.1, 0.1, (n, 1, 1, 1))).to(x)
+        return ((x * gain) + shift).clamp(-0.5, 0.5)
+
+    return photometric(target), photometric(source), boxes
+
+
+def dihedral(
+    target: torch.Tensor, source: torch.Tensor, boxes: torch.Tensor, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One of the eight flips/transpositions of (n, c, h, w) maps, applied to both and to the
+    boxes (fractions of the source side)."""
     if rng.random() < 0.5:
         target, source = target.transpose(2, 3), source.transpose(2, 3)
         boxes = boxes[:, [1, 0, 3, 2]]
@@ -147,14 +204,7 @@ def augment(
     if rng.random() < 0.5:
         target, source = target.flip(2), source.flip(2)
         boxes = torch.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], dim=1)
-
-    def photometric(x: torch.Tensor) -> torch.Tensor:
-        n = len(x)
-        gain = torch.from_numpy(rng.uniform(0.75, 1.25, (n, 1, 1, 1))).to(x)
-        shift = torch.from_numpy(rng.uniform(-0.1, 0.1, (n, 1, 1, 1))).to(x)
-        return ((x * gain) + shift).clamp(-0.5, 0.5)
-
-    return photometric(target.contiguous()), photometric(source.contiguous()), boxes.contiguous()
+    return target.contiguous(), source.contiguous(), boxes.contiguous()
 
 
 def _far_windows(boxes: np.ndarray, rng: np.random.Generator, max_iou: float = 0.3) -> np.ndarray:
@@ -252,6 +302,8 @@ def train_ftfy(
     """Train FTFY (resumable) and write ``output``; returns the model card. ``init``: a triplet
     baseline file whose extractor FTFY starts from (same ``arch``)."""
     start, dev = start_training(conf, device)
+    if conf.head_steps and init is None:
+        raise ConfigError("--head-steps trains on the features of a trained extractor: give --init")
     data = _sets(set_files)
     net = FTFYNet(conf.net_arch())
     if init is not None:
@@ -263,6 +315,17 @@ def train_ftfy(
             )
         net.extractor.load_state_dict(triplet.extractor.state_dict())  # type: ignore[union-attr]
     net = net.to(dev)
+    files = [*set_files, *([Path(init)] if init is not None else [])]
+    output = Path(output)
+
+    def loss_of(logits: torch.Tensor, boxes: torch.Tensor, present: np.ndarray) -> tuple[torch.Tensor, dict]:
+        if conf.loss == "yolo":
+            return yolo_loss(torch.sigmoid(logits), boxes)
+        return softmax_loss(logits, boxes, torch.from_numpy(present).to(logits.device))
+
+    head_history: list[dict[str, float]] = []
+    if conf.head_steps:
+        head_history = _train_head(net, data, conf, files, output, dev, loss_of)
     scale = conf.extractor_lr if init is not None else 1.0
     rest = [p for name, p in net.named_parameters() if not name.startswith("extractor.")]
     optimiser = torch.optim.Adam(
@@ -272,11 +335,12 @@ def train_ftfy(
 
     def step(rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         rows = rng.choice(len(data), conf.batch, replace=len(data) < conf.batch)
-        target, source, boxes = augment(*data.batch(rows, dev), rng)
-        return yolo_loss(net(target, source), boxes)
+        groups, present = data.pair(rows, conf.negatives, rng)
+        target, source, boxes = augment(*data.batch(rows, dev, groups), rng)
+        return loss_of(net.logits(net.filters(target), net.extractor(source)), boxes, present)
 
-    files = [*set_files, *([Path(init)] if init is not None else [])]
     state = run_training("train localize", net, optimiser, step, conf, files, output)
+    state.history = head_history + state.history
     card = model_card(
         "sfmkit FTFY close-up localiser (Ha et al.), trained by sfmkit",
         command,
@@ -287,6 +351,51 @@ def train_ftfy(
         samples=len(data),
         init=None if init is None else str(init),
     )
-    save_network(Path(output), "ftfy", net.cpu(), card)
+    save_network(output, "ftfy", net.cpu(), card)
     write_history(output, card, state)
     return card
+
+
+def _train_head(
+    net: FTFYNet,
+    data: LocalizeData,
+    conf: TrainFTFYConf,
+    files: list[Path],
+    output: Path,
+    dev: torch.device,
+    loss_of: Any,
+) -> list[dict[str, float]]:
+    """The ``head_steps`` of :func:`train_ftfy`: filter generator and head on the frozen
+    extractor's features (checkpointed as ``<output>-head.ckpt``); returns their history."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def features() -> dict[str, torch.Tensor]:
+        if not cache:
+            net.extractor.eval()
+            with torch.inference_mode():
+                for name, images in (("targets", data.targets), ("sources", data.sources)):
+                    parts = [
+                        net.extractor(to_input(images[i : i + 64], dev)).half()
+                        for i in track(range(0, len(images), 64), f"features of the {name}")
+                    ]
+                    cache[name] = torch.cat(parts)
+            net.extractor.train()
+        return cache
+
+    trained = torch.nn.ModuleDict({k: m for k, m in net.named_children() if k != "extractor"})
+    optimiser = torch.optim.Adam(trained.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
+
+    def step(rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        feats = features()
+        rows = rng.choice(len(data), conf.head_batch, replace=len(data) < conf.head_batch)
+        groups, present = data.pair(rows, conf.negatives, rng)
+        target = feats["targets"][torch.from_numpy(rows)].float()
+        source = feats["sources"][torch.from_numpy(groups)].float()
+        boxes = torch.from_numpy(data.boxes[rows]).to(dev)
+        target, source, boxes = dihedral(target, source, boxes, rng)
+        return loss_of(net.logits(net.target_filters(target), source), boxes, present)
+
+    head_conf = dataclasses.replace(conf, steps=conf.head_steps, head_steps=0)
+    head_output = output.with_name(output.stem + "-head.pt")
+    state = run_training("train localize (head)", trained, optimiser, step, head_conf, files, head_output)
+    return [{**h, "phase": 0.0} for h in state.history]
