@@ -267,7 +267,9 @@ def test_evaluate_localize_scores_every_method_per_factor(
     assert set(results) == {"ftfy", "triplet", "ncc"}
     assert set(results["ncc"]["per_factor"]) == {"1", "2"} and results["ncc"]["all"]["queries"] == 8
     assert results["ncc"]["all"]["top1"] == 1.0
-    assert (out / "results.md").is_file() and (out / "report.json").is_file()
+    assert (
+        (out / "results.md").is_file() and (out / "report.json").is_file() and (out / "results.png").is_file()
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
 """The whole-image localisation protocol of FTFY (``sfmkit evaluate localize``).
 
-Every sample of a held-out localisation set is a query. The close-up is cut from the
-full-resolution image at its recorded box. The image is reduced by the recorded factor f
-and cut into tiles of ``tile_ratio`` times the close-up's footprint there (its side / f),
+Every sample of a held-out localisation set is a query. The close-up is cut at full
+resolution from its recorded image and box: the searched image itself, or another view in a
+cross-view set. The searched image is reduced by the recorded factor f and cut into tiles of
+``tile_ratio`` times the close-up's footprint there (its side / its recorded scale, which
+is f in a same-image set),
 overlapping by half (:func:`sfmkit.localize.search.source_tiles`). Each method searches all
 the tiles. The boxes go back to image pixels, and non-maximum suppression runs across the
 tiles. A query succeeds at top-k when one of the first k boxes overlaps the truth by IoU >
@@ -14,7 +16,7 @@ Methods (each scored on the same tiles):
 - ``ncc``: OpenCV's normalised cross-correlation of the close-up, reduced f times at five
   scales around 1 (0.8-1.25), over the whole reduced image, without learned weights.
 
-Seconds per query include cutting the tiles.
+Seconds per query include cutting the tiles. ``results.png`` plots the rates per factor.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.eval.plots import plot_per_factor
 from sfmkit.io.images import read_image
 from sfmkit.io.localize import read_localize_set
 from sfmkit.localize.search import (
@@ -267,4 +270,11 @@ def _write(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "results.json", json.dumps(results, indent=1))
     write_text_atomic(out_dir / "results.md", "\n".join(lines) + "\n")
+    rates = {
+        m: {int(f): (v["top1"], v["topk"]) for f, v in results["methods"][m]["per_factor"].items()}
+        for m in methods
+    }
+    plot_per_factor(
+        out_dir / "results.png", f"{', '.join(Path(p).name for p in set_files)}", rates, conf.top_k
+    )
     return results

@@ -79,3 +79,31 @@ def plot_cumulative(
     ax.legend()
     ax.set_title(title)
     return save_figure(fig, path)
+
+
+def plot_per_factor(
+    path: Path, title: str, rates: dict[str, dict[int, tuple[float, float]]], top_k: int
+) -> Path:
+    """Success rates per down-sampling factor: top-1 (solid) and top-k (dashed) per method.
+
+    Args:
+        rates: method -> factor -> (top-1, top-k), fractions.
+    """
+    from matplotlib.figure import Figure  # imported on use: matplotlib is slow to load
+
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (method, per) in enumerate(rates.items()):
+        factors = sorted(per)
+        colour = f"C{i}"
+        ax.plot(factors, [100 * per[f][0] for f in factors], "-o", color=colour, label=f"{method} top-1")
+        ax.plot(
+            factors, [100 * per[f][1] for f in factors], "--", color=colour, label=f"{method} top-{top_k}"
+        )
+    ax.set_ylim(0, 101)
+    ax.set_xlabel("down-sampling factor")
+    ax.set_ylabel("% of queries found (IoU > 0.7)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    return save_figure(fig, path)

@@ -20,7 +20,8 @@ paper), then batch norm and leaky ReLU.
 Head: six convolutions (widths ``head``), then a 1x1 convolution and a sigmoid. Every cell of
 the 16x16 source grid predicts :data:`BOXES_PER_CELL` boxes as (confidence, x, y, sqrt w,
 sqrt h). x and y are the box centre within the cell, and w and h are fractions of the
-source side. The YOLO-v1 loss trains it (:func:`yolo_loss`).
+source side. The paper's YOLO-v1 loss (:func:`yolo_loss`) or a softmax over the predictors
+(:func:`softmax_loss`, the default of ``sfmkit train localize``) trains it.
 
 Triplet baseline: the same extractor, then a fully connected layer to 128 values and L2
 normalisation, applied to a 128x128 window.
