@@ -326,3 +326,46 @@ def test_evaluate_localize_reads_cross_view_queries(cli, rendered_scene: Path, t
     assert ncc["queries"] == 6
     r = cli("build-localize-set", tmp_path, "--cross-view", "-o", tmp_path / "x.h5")
     assert r.exit_code != 0 and "gt_dense_cameras" in r.output
+
+
+def test_neighbour_view_geometry_is_exact_on_a_plane() -> None:
+    """The plane-fit transfer of the Strecha neighbouring-view sets: on exact projections of a
+    plane, epipolar distances vanish, triangulation and the RANSAC plane recover the points,
+    and the transfer maps pixels where the true projection does."""
+    from sfmkit.eval.localize_views import (
+        fit_plane,
+        fundamental,
+        plane_transfer,
+        projection,
+        sampson,
+        triangulate,
+    )
+    from sfmkit.io.strecha import StrechaCamera
+
+    k = np.array([[1500.0, 0, 960], [0, 1500, 640], [0, 0, 1]])
+
+    def camera(centre: np.ndarray, yaw: float) -> StrechaCamera:
+        c, s = np.cos(yaw), np.sin(yaw)
+        return StrechaCamera(
+            K=k, R_c2w=np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]), C=centre, size=(1920, 1280)
+        )
+
+    a, b = camera(np.array([0.0, 0, 0]), 0.0), camera(np.array([1.0, 0.1, 0.2]), -0.15)
+    rng = np.random.default_rng(0)
+    points = np.column_stack([rng.uniform(-2, 2, 60), rng.uniform(-1.5, 1.5, 60), np.zeros(60)])
+    points[:, 2] = 8.0 + 0.2 * points[:, 0]  # the plane z = 8 + 0.2 x
+    points[:10, 2] += 1.0  # outliers off the plane
+
+    def project(cam: StrechaCamera, xyz: np.ndarray) -> np.ndarray:
+        h = np.column_stack([xyz, np.ones(len(xyz))]) @ projection(cam).T
+        return h[:, :2] / h[:, 2:]
+
+    xa, xb = project(a, points), project(b, points)
+    assert sampson(fundamental(a, b), xa, xb).max() < 1e-6
+    assert sampson(fundamental(a, b), xa, xb + [0, 3]).min() > 0.5
+    np.testing.assert_allclose(triangulate(projection(a), projection(b), xa, xb), points, atol=1e-6)
+    normal, offset, inliers = fit_plane(points, 0.01, rng)
+    assert inliers[10:].all() and not inliers[:10].any()
+    uv, front = plane_transfer(xa[10:], a, b, normal, offset)
+    assert front.all()
+    np.testing.assert_allclose(uv, xb[10:], atol=1e-4)

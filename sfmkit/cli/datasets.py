@@ -244,6 +244,13 @@ def build_localize_set_cmd(
             help="Close-ups cut from other views of a 'synth --depth' scene, boxes by reprojection.",
         ),
     ] = False,
+    neighbour_views: Annotated[
+        bool,
+        typer.Option(
+            "--neighbour-views",
+            help="Close-ups searched in the next view of a Strecha-layout scene, boxes by a plane fit.",
+        ),
+    ] = False,
     groups: Annotated[int, typer.Option("--groups", help="Key boxes per image and factor.")] = 4,
     repeats: Annotated[int, typer.Option("--repeats", help="Shifted copies per IoU band.")] = 4,
     box_min: Annotated[int, typer.Option("--box-min", help="Smallest key box side (reduced px).")] = 24,
@@ -264,6 +271,9 @@ def build_localize_set_cmd(
 
     if output.suffix != ".h5":
         raise SfmkitError(f"the localisation set must end in .h5, got {output}")
+    if neighbour_views:
+        _neighbour_view_set(images, output, parse_factors(factors), groups, query_side or 512, seed)
+        return
     if cross_view:
         _cross_view_set(images, output, parse_factors(factors), groups, box_min, box_max, min_fraction, seed)
         return
@@ -312,6 +322,22 @@ def _cross_view_set(
     rows.append(
         ("samples per factor", ", ".join(f"{k}: {v}" for k, v in stats["samples_per_factor"].items()))
     )
+    finish(output.parent, "build-localize-set", conf, output, time.perf_counter() - start, stats, rows)
+
+
+def _neighbour_view_set(
+    scene: Path, output: Path, factors: tuple[int, ...], queries: int, query_side: int, seed: int
+) -> None:
+    from sfmkit.eval.localize_views import NeighbourViewConf, build_neighbour_view_set
+
+    conf = NeighbourViewConf(factors=factors, queries_per_pair=queries, query_side=query_side, seed=seed)
+    start = time.perf_counter()
+    stats = build_neighbour_view_set(scene, output, conf)
+    rows: list[tuple[str, Any]] = [(k, stats[k]) for k in ("images", "pairs", "samples")]
+    rows.append(
+        ("samples per factor", ", ".join(f"{k}: {v}" for k, v in stats["samples_per_factor"].items()))
+    )
+    rows.append(("dropped", ", ".join(f"{k}: {v}" for k, v in stats["dropped"].items())))
     finish(output.parent, "build-localize-set", conf, output, time.perf_counter() - start, stats, rows)
 
 

@@ -201,11 +201,27 @@ def cross_view_sample(
     size = box_full[2:] - box_full[:2]
     if size.min() <= 0 or size.max() / size.min() > conf.max_aspect:
         return None
-    box_full = np.clip(box_full, 0, [width, height, width, height])
+    return view_pair_sample(small, factor, box_full, close.image, query, conf.context, rng)
+
+
+def view_pair_sample(
+    reduced_wide: Image.Image,
+    factor: int,
+    box_full: np.ndarray,
+    close: Image.Image,
+    query: np.ndarray,
+    context: float,
+    rng: np.random.Generator,
+) -> dict[str, Any] | None:
+    """The stored form of one cross-view sample: the source tile (``context`` times the box,
+    placed at random around it in the wide view reduced ``factor`` times), the target (the
+    close-up ``query`` of ``close``) and their boxes; None when the box is too large for a tile."""
+    reduced = reduced_wide.size
+    box_full = np.clip(box_full, 0, [reduced[0] * factor, reduced[1] * factor] * 2)
     box = np.clip(box_full / factor, 0, [reduced[0], reduced[1]] * 2)
     footprint = float(np.sqrt(np.prod(box[2:] - box[:2])))
-    tile = min(int(round(conf.context * float((box[2:] - box[:2]).max()))), *reduced)
-    if float((box[2:] - box[:2]).max()) * 1.5 > tile:
+    tile = min(int(round(context * float((box[2:] - box[:2]).max()))), *reduced)
+    if footprint <= 0 or float((box[2:] - box[:2]).max()) * 1.5 > tile:
         return None
     starts = []
     for axis in (0, 1):
@@ -214,16 +230,16 @@ def cross_view_sample(
         starts.append(int(rng.integers(first, last + 1)))
     tx, ty = starts
     window = np.array([tx, ty, tx + tile, ty + tile], np.float64)
-    source = small.resize((SOURCE_SIZE, SOURCE_SIZE), Image.Resampling.LANCZOS, box=tuple(window))
-    target = close.image.resize((TARGET_SIZE, TARGET_SIZE), Image.Resampling.LANCZOS, box=tuple(query))
+    source = reduced_wide.resize((SOURCE_SIZE, SOURCE_SIZE), Image.Resampling.LANCZOS, box=tuple(window))
+    target = close.resize((TARGET_SIZE, TARGET_SIZE), Image.Resampling.LANCZOS, box=tuple(query))
     return {
         "source": np.asarray(source, np.uint8),
         "target": np.asarray(target, np.uint8),
         "window": window * factor,
         "box": ((box - np.array([tx, ty, tx, ty])) / tile).astype(np.float32),
         "box_full": box_full.astype(np.float32),
-        "query_box": query.astype(np.float32),
-        "scale": float(query_side / footprint),
+        "query_box": np.asarray(query, np.float32),
+        "scale": float((query[2] - query[0]) / footprint),
     }
 
 
@@ -247,6 +263,23 @@ def build_cross_view_set(scene: Path, output: Path, conf: CrossViewConf = CrossV
             f"no close-up of {scene} passed the visibility checks: the views may not overlap, or the "
             "images are too small for the factors (use smaller --factors or render larger --size)"
         )
+    counts = write_view_pair_set(
+        output, [v.name for v in views], made, conf, scene / "images", pairs=len(pairs)
+    )
+    logger.info("%s: %d cross-view samples from %d views of %s", output, counts["samples"], len(views), scene)
+    return {**counts, "seconds": round(time.perf_counter() - start, 2), "config": conf_to_dict(conf)}
+
+
+def write_view_pair_set(
+    output: Path,
+    names: list[str],
+    made: list[tuple[int, int, int, dict[str, Any]]],
+    conf: Any,
+    images_dir: Path,
+    **counts: Any,
+) -> dict[str, Any]:
+    """Write (searched view, close-up view, factor, :func:`view_pair_sample`) tuples as a
+    localisation set, one group per sample; returns the counts."""
     n = len(made)
     groups = {
         "image": np.array([i for i, _, _, _ in made], np.int32),
@@ -263,18 +296,17 @@ def build_cross_view_set(scene: Path, output: Path, conf: CrossViewConf = CrossV
         "scale": np.array([s["scale"] for *_, s in made], np.float32),
     }
     per_factor = {str(f): int((groups["factor"] == f).sum()) for f in conf.factors}
-    counts = {"images": len(views), "pairs": len(pairs), "samples": n, "samples_per_factor": per_factor}
+    counts = {"images": len(names), **counts, "samples": n, "samples_per_factor": per_factor}
     write_localize_set(
         output,
-        [v.name for v in views],
+        names,
         np.stack([s["source"] for *_, s in made]),
         np.stack([s["target"] for *_, s in made]),
         groups,
         samples,
         config=conf_to_json(conf),
-        images_dir=str((scene / "images").resolve()),
+        images_dir=str(Path(images_dir).resolve()),
         counts=json.dumps(counts),
         cross_view=True,
     )
-    logger.info("%s: %d cross-view samples from %d views of %s", output, n, len(views), scene)
-    return {**counts, "seconds": round(time.perf_counter() - start, 2), "config": conf_to_dict(conf)}
+    return counts
