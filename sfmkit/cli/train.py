@@ -242,7 +242,11 @@ def train_localize_cmd(
         output,
         card,
         time.perf_counter() - start,
-        [("samples", card["samples"]), ("init", card["init"] or "none")],
+        [
+            ("samples", card["samples"]),
+            ("init", card["init"] or "none"),
+            ("head steps", card.get("head_steps_done", 0)),
+        ],
     )
 
 

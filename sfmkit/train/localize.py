@@ -350,6 +350,7 @@ def train_ftfy(
         start,
         samples=len(data),
         init=None if init is None else str(init),
+        head_steps_done=len(head_history),
     )
     save_network(output, "ftfy", net.cpu(), card)
     write_history(output, card, state)
