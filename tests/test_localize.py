@@ -332,14 +332,8 @@ def test_neighbour_view_geometry_is_exact_on_a_plane() -> None:
     """The plane-fit transfer of the Strecha neighbouring-view sets: on exact projections of a
     plane, epipolar distances vanish, triangulation and the RANSAC plane recover the points,
     and the transfer maps pixels where the true projection does."""
-    from sfmkit.eval.localize_views import (
-        fit_plane,
-        fundamental,
-        plane_transfer,
-        projection,
-        sampson,
-        triangulate,
-    )
+    from sfmkit.eval.localize_views import fit_plane, plane_transfer, projection, triangulate
+    from sfmkit.eval.matches import fundamental, sampson_errors
     from sfmkit.io.strecha import StrechaCamera
 
     k = np.array([[1500.0, 0, 960], [0, 1500, 640], [0, 0, 1]])
@@ -361,8 +355,8 @@ def test_neighbour_view_geometry_is_exact_on_a_plane() -> None:
         return h[:, :2] / h[:, 2:]
 
     xa, xb = project(a, points), project(b, points)
-    assert sampson(fundamental(a, b), xa, xb).max() < 1e-6
-    assert sampson(fundamental(a, b), xa, xb + [0, 3]).min() > 0.5
+    assert sampson_errors(fundamental(a, b), xa, xb).max() < 1e-6
+    assert sampson_errors(fundamental(a, b), xa, xb + [0, 3]).min() > 0.5
     np.testing.assert_allclose(triangulate(projection(a), projection(b), xa, xb), points, atol=1e-6)
     normal, offset, inliers = fit_plane(points, 0.01, rng)
     assert inliers[10:].all() and not inliers[:10].any()

@@ -318,11 +318,7 @@ def _cross_view_set(
     )
     start = time.perf_counter()
     stats = build_cross_view_set(scene, output, conf)
-    rows: list[tuple[str, Any]] = [(k, stats[k]) for k in ("images", "pairs", "samples")]
-    rows.append(
-        ("samples per factor", ", ".join(f"{k}: {v}" for k, v in stats["samples_per_factor"].items()))
-    )
-    finish(output.parent, "build-localize-set", conf, output, time.perf_counter() - start, stats, rows)
+    _view_pair_summary(output, conf, stats, time.perf_counter() - start)
 
 
 def _neighbour_view_set(
@@ -333,12 +329,20 @@ def _neighbour_view_set(
     conf = NeighbourViewConf(factors=factors, queries_per_pair=queries, query_side=query_side, seed=seed)
     start = time.perf_counter()
     stats = build_neighbour_view_set(scene, output, conf)
+    _view_pair_summary(output, conf, stats, time.perf_counter() - start)
+
+
+def _view_pair_summary(output: Path, conf: Any, stats: dict[str, Any], seconds: float) -> None:
+    """The summary and report of a cross-view or neighbouring-view set."""
+
+    def listed(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
     rows: list[tuple[str, Any]] = [(k, stats[k]) for k in ("images", "pairs", "samples")]
-    rows.append(
-        ("samples per factor", ", ".join(f"{k}: {v}" for k, v in stats["samples_per_factor"].items()))
-    )
-    rows.append(("dropped", ", ".join(f"{k}: {v}" for k, v in stats["dropped"].items())))
-    finish(output.parent, "build-localize-set", conf, output, time.perf_counter() - start, stats, rows)
+    rows.append(("samples per factor", listed(stats["samples_per_factor"])))
+    if "dropped" in stats:
+        rows.append(("dropped", listed(stats["dropped"])))
+    finish(output.parent, "build-localize-set", conf, output, seconds, stats, rows)
 
 
 def register(app: typer.Typer) -> None:

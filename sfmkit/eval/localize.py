@@ -36,6 +36,7 @@ from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.eval.plots import plot_per_factor
 from sfmkit.io.images import read_image
 from sfmkit.io.localize import read_localize_set
+from sfmkit.localize.samples import reduce_size
 from sfmkit.localize.search import (
     LocalizeConf,
     box_iou_np,
@@ -213,7 +214,7 @@ def evaluate_localize(
                 found, scores = triplet_on_tiles(nets["triplet"], target, tiles, footprint, 10)
                 boxes, _ = merge_tiles(found, scores, windows, image.size, 0.5, conf.top_k)
             else:
-                reduced_size = (max(round(image.width / factor), 1), max(round(image.height / factor), 1))
+                reduced_size = reduce_size(image.size, factor)
                 reduced = np.asarray(image.resize(reduced_size, Image.Resampling.LANCZOS), np.uint8)
                 found_r, _ = ncc_search(query, reduced, q.scale, conf.top_k)
                 boxes = found_r * np.array(

@@ -31,11 +31,12 @@ import torch
 from PIL import Image
 
 from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.eval.matches import fundamental, sampson_errors
 from sfmkit.features.sift import SiftConf, SiftExtractor
 from sfmkit.io.images import read_image
 from sfmkit.io.strecha import StrechaCamera, read_scene
 from sfmkit.localize.crossview import view_pair_sample, write_view_pair_set
-from sfmkit.localize.samples import check_factors
+from sfmkit.localize.samples import check_factors, reduce_size
 from sfmkit.matching.mutual_nn import mutual_nn
 from sfmkit.utils.config import conf_to_dict
 from sfmkit.utils.progress import track
@@ -84,25 +85,6 @@ def projection(camera: StrechaCamera) -> np.ndarray:
     """The 3x4 matrix K [R | t] of a camera (world to pixels)."""
     pose = camera.pose
     return camera.K @ np.column_stack([pose.rotation, pose.translation])
-
-
-def fundamental(a: StrechaCamera, b: StrechaCamera) -> np.ndarray:
-    """F with x_b^T F x_a = 0 for pixels of the same point in views a and b."""
-    pa, pb = a.pose, b.pose
-    r = pb.rotation @ pa.rotation.T
-    t = pb.translation - r @ pa.translation
-    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    return np.linalg.inv(b.K).T @ tx @ r @ np.linalg.inv(a.K)
-
-
-def sampson(f: np.ndarray, xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
-    """Sampson distances (pixels) of correspondences (n, 2) under F."""
-    ha = np.column_stack([xa, np.ones(len(xa))])
-    hb = np.column_stack([xb, np.ones(len(xb))])
-    fa, fb = ha @ f.T, hb @ f
-    num = np.sum(hb * fa, axis=1) ** 2
-    den = fa[:, 0] ** 2 + fa[:, 1] ** 2 + fb[:, 0] ** 2 + fb[:, 1] ** 2
-    return np.sqrt(num / np.maximum(den, 1e-12))
 
 
 def triangulate(pa: np.ndarray, pb: np.ndarray, xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
@@ -192,7 +174,7 @@ def build_neighbour_view_set(
         (kc, dc), (kw, dw) = features[close], features[wide]
         i0, i1, _ = mutual_nn(dc, dw, ratio=conf.ratio)
         xc, xw = kc[i0.numpy()], kw[i1.numpy()]
-        ok = sampson(fundamental(cam_c, cam_w), xc, xw) < conf.max_epipolar
+        ok = sampson_errors(fundamental(cam_c, cam_w), xc, xw) < conf.max_epipolar
         xc, xw = xc[ok], xw[ok]
         points = triangulate(projection(cam_c), projection(cam_w), xc, xw)
         depth_c = (points - cam_c.C) @ cam_c.R_c2w[:, 2]
@@ -282,9 +264,7 @@ def _close_up(
         return None
     key = (wide_name, factor)
     if key not in reduced:
-        reduced[key] = image_w.resize(
-            (max(round(w / factor), 1), max(round(h / factor), 1)), Image.Resampling.LANCZOS
-        )
+        reduced[key] = image_w.resize(reduce_size(image_w.size, factor), Image.Resampling.LANCZOS)
     sample = view_pair_sample(reduced[key], factor, box_full, image_c, query, conf.context, rng)
     if sample is None:
         dropped["box"] += 1

@@ -38,7 +38,7 @@ from sfmkit.io.depth import read_depth
 from sfmkit.io.images import read_image
 from sfmkit.io.localize import write_localize_set
 from sfmkit.io.strecha import StrechaCamera, read_scene
-from sfmkit.localize.samples import check_factors, texture_weights
+from sfmkit.localize.samples import check_factors, reduce_size, texture_weights
 from sfmkit.models.ftfy import SOURCE_SIZE, TARGET_SIZE
 from sfmkit.utils.config import conf_to_dict, conf_to_json
 from sfmkit.utils.progress import track
@@ -97,8 +97,7 @@ class View:
     def reduced(self, factor: int) -> tuple[Image.Image, np.ndarray]:
         """The image reduced ``factor`` times and its grey levels (cached)."""
         if factor not in self._reduced:
-            w, h = self.image.size
-            size = (max(round(w / factor), 1), max(round(h / factor), 1))
+            size = reduce_size(self.image.size, factor)
             small = self.image if factor == 1 else self.image.resize(size, Image.Resampling.LANCZOS)
             self._reduced[factor] = (small, np.asarray(small.convert("L"), np.float32))
         return self._reduced[factor]
@@ -160,8 +159,7 @@ def cross_view_sample(
 ) -> dict[str, Any] | None:
     """One close-up of ``close`` and its box in ``wide`` reduced ``factor`` times (module
     docs), or None when the try fails."""
-    width, height = wide.image.size
-    reduced = (max(round(width / factor), 1), max(round(height / factor), 1))
+    reduced = reduce_size(wide.image.size, factor)
     fits = int(min(reduced) / conf.context)
     if fits < conf.box_min:
         return None
@@ -170,7 +168,6 @@ def cross_view_sample(
     side = int(rng.integers(low, high + 1))
     # the footprint's centre: textured, and a surface (finite depth) in the wide view
     small, gray = wide.reduced(factor)
-    reduced = small.size
     weights = texture_weights(gray, side).ravel()
     weights = np.where(weights >= np.quantile(weights, 0.5), weights, 0.0) + 1e-9
     y0, x0 = divmod(int(rng.choice(len(weights), p=weights / weights.sum())), reduced[0] - side + 1)

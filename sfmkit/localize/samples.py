@@ -90,6 +90,11 @@ class LocalizeSetConf:
             raise ConfigError(f"context must be >= {_WINDOW_GROWTH} (the source must hold the group)")
 
 
+def reduce_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    """(width, height) of an image of ``size`` reduced ``factor`` times (at least 1 pixel)."""
+    return max(round(size[0] / factor), 1), max(round(size[1] / factor), 1)
+
+
 def check_factors(factors: tuple[int, ...] | list[int]) -> None:
     """Down-sampling factors must be integers >= 1 (``--factors 0`` is a clear error)."""
     if not factors:
@@ -147,7 +152,7 @@ def make_groups(
 ) -> list[Group]:
     """The patch groups of one image at one factor (empty when the image is too small)."""
     width, height = full.size
-    reduced_size = (max(round(width / factor), 1), max(round(height / factor), 1))
+    reduced_size = reduce_size(full.size, factor)
     reduced = full if factor == 1 else full.resize(reduced_size, Image.Resampling.LANCZOS)
     scale = np.array([width / reduced_size[0], height / reduced_size[1]] * 2)
     growth = _WINDOW_GROWTH if conf.repeats else 1.0

@@ -20,7 +20,7 @@ from torchvision.ops import nms as torch_nms
 from torchvision.ops import roi_align
 
 from sfmkit.errors import ConfigError, SfmkitError
-from sfmkit.localize.samples import check_factors
+from sfmkit.localize.samples import check_factors, reduce_size
 from sfmkit.models.ftfy import (
     SOURCE_SIZE,
     STRIDE,
@@ -215,7 +215,7 @@ def source_tiles(
     there is ``footprint`` pixels, and each tile's window in full-resolution pixels; None when
     the footprint is too small (under 4 px) or too large for the reduced image."""
     width, height = source.size
-    reduced_size = (max(round(width / factor), 1), max(round(height / factor), 1))
+    reduced_size = reduce_size(source.size, factor)
     if footprint < 4 or footprint * 1.5 > min(reduced_size):
         return None
     reduced = source if factor == 1 else source.resize(reduced_size, Image.Resampling.LANCZOS)

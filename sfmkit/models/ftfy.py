@@ -349,7 +349,7 @@ def softmax_loss(
     pred = torch.sigmoid(logits)
     conf = torch.cat([logits[..., 0].flatten(1), logits.new_zeros(n, 1)], dim=1)
     label = torch.full((n,), conf.shape[1] - 1, dtype=torch.long, device=logits.device)
-    parts = {"coord": logits.new_zeros(()), "choice": logits.new_zeros(())}
+    parts = {"coord": logits.new_zeros(())}
     logged = {"iou": float("nan")}
     if present.any():
         _, h, w, nb, _ = pred.shape

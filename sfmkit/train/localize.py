@@ -154,14 +154,15 @@ class LocalizeData:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The source of each sample, replaced with probability ``negatives`` by a source of
         another image; and whether the target is in it."""
-        groups = self.group[rows].copy()
-        swap = rng.random(len(rows)) < negatives
-        if swap.any():
-            others = rng.integers(0, len(self.sources), int(swap.sum()))
-            groups[swap] = others
-            swap[swap] = self.image[others] != self.image[self.group[rows][swap]]
-            groups[~swap] = self.group[rows][~swap]
-        return groups, ~swap
+        own = self.group[rows]
+        groups, present = own.copy(), np.ones(len(rows), bool)
+        drawn = np.flatnonzero(rng.random(len(rows)) < negatives)
+        if len(drawn):
+            others = rng.integers(0, len(self.sources), len(drawn))
+            elsewhere = self.image[others] != self.image[own[drawn]]  # same image: keep its own
+            groups[drawn[elsewhere]] = others[elsewhere]
+            present[drawn[elsewhere]] = False
+        return groups, present
 
     def batch(
         self, rows: np.ndarray, device: torch.device, groups: np.ndarray | None = None
