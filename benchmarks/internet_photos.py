@@ -1,6 +1,6 @@
 """Unordered internet photos without ground truth (e.g. ../shared/datasets/sacre_coeur/mapping):
-sfmkit (dense VGG16, with and without keypoint refinement), sfmkit --features sift and
-COLMAP's own SIFT pipeline in the same run.
+sfmkit (dense VGG16, with and without keypoint refinement), sfmkit --features sift, ALIKED +
+LightGlue (the modern peer) and COLMAP's own SIFT pipeline in the same run.
 
 With no ground truth, each model is compared with COLMAP SIFT's: the mean angle between
 relative rotations of the images both registered (alignment-free), and the ratio of focal
@@ -58,6 +58,7 @@ def main() -> None:
             ReconstructConf(features=get_conf("dense-vgg16"), refine="none")
         ),
         "sfmkit sift": sfmkit_runner(ReconstructConf(features=get_conf("sift"))),
+        "aliked + lightglue": sfmkit_runner(ReconstructConf(features=get_conf("aliked"))),
     }
     unknown = set(args.methods or []) - set(sfmkit_runners)
     if unknown:

@@ -1,6 +1,6 @@
 """Strecha scenes: sfmkit (dense VGG16 at the given sizes), sfmkit with other feature presets
-(``--features``, default sift; e.g. ``--features sift multiscale-kp``) and COLMAP's own SIFT
-pipeline, in the same run on the same machine. Writes results.json, results.md and a
+(``--features``, default sift and aliked, i.e. ALIKED + LightGlue, the modern peer) and COLMAP's
+own SIFT pipeline, in the same run on the same machine. Writes results.json, results.md and a
 top-view PNG per scene (as ``sfmkit evaluate strecha``) and prints the table.
 
     python benchmarks/strecha.py ../shared/datasets/strecha/fountain-P11 \
@@ -33,7 +33,12 @@ def main() -> None:
     parser.add_argument(
         "--max-size", type=int, nargs="*", default=[1024], help="dense VGG16 sizes (none: no dense run)"
     )
-    parser.add_argument("--features", nargs="*", default=["sift"], help="further sfmkit feature presets")
+    parser.add_argument(
+        "--features",
+        nargs="*",
+        default=["sift", "aliked"],
+        help="further sfmkit feature presets (aliked, disk, xfeat: matched by LightGlue)",
+    )
     parser.add_argument(
         "--refine",
         nargs="+",

@@ -6,7 +6,7 @@ rotation errors against the ground truth, and the mean centre error of the whole
 Prints JSON and a markdown table.
 
     python benchmarks/zoom.py ../shared/datasets/strecha/fountain-P11 -o bench_out/zoom \
-        [--view 0005.jpg] [--factors 2 3 4] [--features dense-vgg16 dense-vgg16-ms]
+        [--view 0005.jpg] [--factors 2 3 4] [--features dense-vgg16 dense-vgg16-ms aliked]
 
 The close-up gets its own camera (its size differs) with unknown focal length, so its distance
 along the viewing direction is weakly determined for every method: compare the columns.
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_out/zoom"))
     parser.add_argument("--view", default=None, help="image replaced by its close-up (default: the middle)")
     parser.add_argument("--factors", type=int, nargs="+", default=[2, 3, 4])
-    parser.add_argument("--features", nargs="+", default=["dense-vgg16", "dense-vgg16-ms"])
+    parser.add_argument("--features", nargs="+", default=["dense-vgg16", "dense-vgg16-ms", "aliked"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pycolmap.logging.minloglevel = 2

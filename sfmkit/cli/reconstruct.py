@@ -36,9 +36,11 @@ from sfmkit.cli.common import (
     timings_rows,
 )
 from sfmkit.io.images import DEFAULT_MAX_PIXELS
+from sfmkit.matching import match as match_mod
 from sfmkit.pipelines.reconstruct import REFINE_CHOICES, ReconstructConf, reconstruct
 
 RefineChoice = choices("RefineChoice", REFINE_CHOICES)
+MatcherChoice = choices("MatcherChoice", match_mod.CONFS)
 
 
 def default_output(images: Path) -> Path:
@@ -63,6 +65,13 @@ def reconstruct_cmd(
     features: FeaturesOpt = FeaturePreset("dense-vgg16"),  # type: ignore[call-arg]
     max_size: MaxSizeOpt = None,
     weights: WeightsOpt = None,
+    matcher: Annotated[
+        MatcherChoice | None,
+        typer.Option(
+            "--matcher",
+            help="Matcher preset (default: by feature type; lightglue for aliked, disk and xfeat).",
+        ),
+    ] = None,  # type: ignore[valid-type]
     pairs: ReconstructPairsOpt = "exhaustive",
     best_pairs: Annotated[
         int | None, typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")
@@ -88,6 +97,7 @@ def reconstruct_cmd(
     """Images to a calibrated sparse model: extract, match, verify, refine, map."""
     conf = ReconstructConf(
         features=feature_conf(features.value, max_size, weights),
+        matcher=None if matcher is None else match_mod.CONFS[matcher.value],
         pairs=pairs,
         best_pairs=best_pairs,
         refine=None if refine is None else refine.value,

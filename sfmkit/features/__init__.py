@@ -21,15 +21,17 @@ from sfmkit.errors import ConfigError
 from sfmkit.features.base import Extractor
 from sfmkit.features.dense_vgg import DenseVGGConf, DenseVGGExtractor
 from sfmkit.features.multiscale_kp import MultiscaleKPConf, MultiscaleKPExtractor
+from sfmkit.features.peers import PeerConf, PeerExtractor
 from sfmkit.features.sift import SiftConf, SiftExtractor
 
-FeatureConf = DenseVGGConf | SiftConf | MultiscaleKPConf
+FeatureConf = DenseVGGConf | SiftConf | MultiscaleKPConf | PeerConf
 
 #: kind -> (config class, extractor class taking (config, device))
 _REGISTRY: dict[str, tuple[type, Callable[[Any, torch.device], Extractor]]] = {
     DenseVGGConf.kind: (DenseVGGConf, DenseVGGExtractor),
     SiftConf.kind: (SiftConf, SiftExtractor),
     MultiscaleKPConf.kind: (MultiscaleKPConf, MultiscaleKPExtractor),
+    PeerConf.kind: (PeerConf, PeerExtractor),
 }
 #: kind (as stored in feature files) -> config class
 KINDS: dict[str, type] = {kind: conf for kind, (conf, _) in _REGISTRY.items()}
@@ -42,6 +44,10 @@ CONFS: dict[str, FeatureConf] = {
     "dense-vgg16-mixed": DenseVGGConf(name="dense-vgg16-mixed", precision="mixed-bf16"),
     "sift": SiftConf(),
     "multiscale-kp": MultiscaleKPConf(),
+    # the modern peers (optional extra `peers`): ALIKED / DISK / XFeat, matched by LightGlue
+    "aliked": PeerConf(),
+    "disk": PeerConf(name="disk", model="disk"),
+    "xfeat": PeerConf(name="xfeat", model="xfeat", detection_threshold=0.05),
 }
 
 

@@ -1,7 +1,8 @@
 """The ``match`` stage: features + pairs -> ``matches-<tag>.h5`` (resumable).
 
 Layout per pair ``/<image0>/<image1>``: ``matches0`` (N0,) int32, the index of the matched
-keypoint of image1 or -1, and ``matching_scores0`` (N0,) float16 (cosine similarity).
+keypoint of image1 or -1, and ``matching_scores0`` (N0,) float16 (cosine similarity; for
+LightGlue, :mod:`sfmkit.matching.lightglue`, the match probability).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sfmkit.geometry.multi_homography import RansacParams, ransac_homography
 from sfmkit.io.h5 import H5Reader, file_reference, read_file_attrs
 from sfmkit.io.matches import start_pair_run
 from sfmkit.matching.coarse_to_fine import coarse_to_fine
+from sfmkit.matching.lightglue import ItemCache, LightGlueConf, LightGlueMatcher
 from sfmkit.matching.mutual_nn import mutual_nn
 from sfmkit.utils.config import derived_path
 from sfmkit.utils.device import resolve_device
@@ -66,14 +68,17 @@ class MatchConf:
             raise ConfigError("ratio must be in (0, 1]")
 
 
-CONFS: dict[str, MatchConf] = {
+AnyMatchConf = MatchConf | LightGlueConf
+
+CONFS: dict[str, AnyMatchConf] = {
     "mnn-c2f": MatchConf(),
     "mnn": MatchConf(name="mnn", coarse_to_fine=False),
     "mnn-ratio": MatchConf(name="mnn-ratio", coarse_to_fine=False, ratio=0.8),
+    "lightglue": LightGlueConf(),
 }
 
 
-def matches_path(conf: MatchConf, features: Path, out_dir: Path) -> Path:
+def matches_path(conf: AnyMatchConf, features: Path, out_dir: Path) -> Path:
     return derived_path(out_dir, "matches", features, "features", conf, CONFS.get(conf.name))
 
 
@@ -234,7 +239,7 @@ def match_pair(conf: MatchConf, d0: dict, d1: dict, dense: bool) -> dict[str, np
 
 
 def match(
-    conf: MatchConf,
+    conf: AnyMatchConf,
     features: Path,
     pairs: Path,
     out_dir: Path,
@@ -255,8 +260,17 @@ def match(
             f"{features} holds refined keypoints (from `sfmkit refine`, for `map`) without descriptors; "
             "match the feature file of `sfmkit extract`"
         )
-    dense = feature_kind(feat_attrs.get("extractor")).dense
-    if conf.coarse_to_fine and not dense:
+    kind = feature_kind(feat_attrs.get("extractor"))
+    dense = kind.dense
+    family = None
+    if isinstance(conf, LightGlueConf):
+        family = (feat_attrs.get("config") or {}).get("model", "").split("-")[0]
+        if kind.kind != "peer":
+            raise ConfigError(
+                f"LightGlue matches the peer features (--features aliked, disk or xfeat), not {kind.kind}; "
+                "use mnn or mnn-ratio"
+            )
+    elif conf.coarse_to_fine and not dense:
         raise ConfigError(
             f"matcher {conf.name!r} is coarse-to-fine and needs dense features; use mnn or mnn-ratio"
         )
@@ -271,9 +285,21 @@ def match(
             identity={"features": file_reference(features, path)},
             overwrite=overwrite,
         )
-        cache = _DescriptorCache(reader, dense, resolve_device(device))
+        torch_device = resolve_device(device)
+        if isinstance(conf, LightGlueConf):
+            items = ItemCache(reader, torch_device)
+            matcher = LightGlueMatcher(conf, str(family), torch_device) if run.todo else None
+
+            def pair(name0: str, name1: str) -> dict[str, np.ndarray]:
+                return matcher(items.get(name0), items.get(name1))
+        else:
+            cache = _DescriptorCache(reader, dense, torch_device)
+
+            def pair(name0: str, name1: str) -> dict[str, np.ndarray]:
+                return match_pair(conf, cache.get(name0), cache.get(name1), dense)
+
         with run.writer, torch.inference_mode():
             for name0, name1 in track(run.todo, f"match {conf.name}"):
-                run.writer.write((name0, name1), match_pair(conf, cache.get(name0), cache.get(name1), dense))
+                run.writer.write((name0, name1), pair(name0, name1))
     run.finish()
     return path

@@ -21,7 +21,7 @@ from sfmkit.io.h5 import json_attr, list_items
 from sfmkit.io.images import DEFAULT_MAX_PIXELS
 from sfmkit.io.pairs import PairsSpec, make_pairs
 from sfmkit.matching import match as match_mod
-from sfmkit.matching.match import MatchConf, match
+from sfmkit.matching.match import AnyMatchConf, match
 from sfmkit.pipelines import checks
 from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images
@@ -47,7 +47,7 @@ class ReconstructConf:
     :data:`sfmkit.refinement.refine.CONFS`."""
 
     features: FeatureConf = field(default_factory=lambda: get_conf("dense-vgg16"))
-    matcher: MatchConf | None = None
+    matcher: AnyMatchConf | None = None
     verify: VerifyConf | None = None
     mapping: MapConf = field(default_factory=MapConf)
     pairs: str = "exhaustive"
@@ -60,7 +60,7 @@ class ReconstructConf:
                 f"unknown refinement {self.refine!r}; choose among {[*REFINE_CHOICES, *refine_mod.CONFS]}"
             )
 
-    def stage_confs(self) -> tuple[MatchConf, VerifyConf, RefineConf | None]:
+    def stage_confs(self) -> tuple[AnyMatchConf, VerifyConf, RefineConf | None]:
         """The matcher, verification and keypoint refinement (None: none) actually used."""
         matcher = self.matcher or match_mod.CONFS[self.features.default_matcher]
         verification = self.verify or verify_mod.CONFS[self.features.default_verification]
