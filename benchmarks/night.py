@@ -1,7 +1,8 @@
 """The night proxy (``sfmkit make-night``, NOT Aachen Day-Night) at several strengths, sfmkit
-beside COLMAP's SIFT pipeline. For each scene and strength: subsets are made, both methods
-run the Aachen protocol, and the registered night queries and the percentages within
-0.5 / 1 / 5 m at 10 degrees are tabulated (JSON and markdown).
+beside ALIKED + LightGlue (the modern peer) and COLMAP's SIFT pipeline. For each scene and
+strength: subsets are made, every method runs the Aachen protocol, and the registered night
+queries and the percentages within 0.5 / 1 / 5 m at 10 degrees are tabulated (JSON and
+markdown).
 
     python benchmarks/night.py ../shared/datasets/strecha/fountain-P11 \
         ../shared/datasets/strecha/Herz-Jesus-P8 -o bench_out --strengths 0.5 1.0 1.5
@@ -26,20 +27,26 @@ from pathlib import Path
 import pycolmap
 
 from sfmkit.eval.aachen import evaluate_aachen
+from sfmkit.features import get_conf
 from sfmkit.pipelines.make_night import make_night
 from sfmkit.pipelines.methods import colmap_sift_runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
 
 
 def run_unit(scene: Path, work: Path, strength: float | None, seed: int, max_size: int) -> None:
-    """One scene at one strength (None: relit renders): subsets, then both methods through the
+    """One scene at one strength (None: relit renders): subsets, then every method through the
     Aachen protocol."""
     if strength is None:
         make_night(scene, work / "subsets", max_size=max_size, night_images=scene / "images_night")
     else:
         make_night(scene, work / "subsets", seed=seed, strength=strength, max_size=max_size)
     evaluate_aachen(
-        work / "subsets", work / "eval", ["sfmkit", "colmap-sift"], ReconstructConf(), colmap_sift_runner()
+        work / "subsets",
+        work / "eval",
+        ["sfmkit", "aliked-lightglue", "colmap-sift"],
+        ReconstructConf(),
+        colmap_sift_runner(),
+        variants={"aliked-lightglue": ReconstructConf(features=get_conf("aliked"))},
     )
 
 
@@ -100,7 +107,7 @@ def main() -> None:
                         "seconds": results["timings_s"][method],
                     }
                 )
-            print(json.dumps(rows[-2:], indent=1), flush=True)
+            print(json.dumps(rows[-len(results["methods"]) :], indent=1), flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "night.json").write_text(json.dumps(rows, indent=2))
     lines = [

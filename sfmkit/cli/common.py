@@ -22,7 +22,7 @@ from rich.table import Table
 from sfmkit.errors import SfmkitError
 from sfmkit.features import CONFS, FeatureConf, get_conf
 from sfmkit.reconstruction.cameras import CAMERA_MODES, CameraConf
-from sfmkit.reconstruction.mapping import MapConf, MapResult
+from sfmkit.reconstruction.mapping import MAPPERS, MapConf, MapResult
 from sfmkit.utils.config import conf_to_dict, replace
 from sfmkit.utils.report import write_report
 from sfmkit.utils.timing import peak_rss_mb
@@ -223,6 +223,15 @@ CameraModelOpt = Annotated[
 IntrinsicsOpt = Annotated[
     Path | None, typer.Option("--intrinsics", help="Known calibration: K.txt (3x3, for the images as given).")
 ]
+Mapper = choices("Mapper", MAPPERS)
+MapperOpt = Annotated[
+    Mapper,
+    typer.Option(
+        "--mapper",
+        help="incremental (COLMAP's), global (GLOMAP: rotation averaging + global positioning) or "
+        "hierarchical (clusters mapped incrementally, then merged); the last two for large sets.",
+    ),
+]
 ThreadsOpt = Annotated[
     int,
     typer.Option(
@@ -237,7 +246,12 @@ RefineOpt = Annotated[
 
 
 def map_conf(
-    camera_mode: str, camera_model: str, intrinsics: Path | None, refine: bool, num_threads: int = 1
+    camera_mode: str,
+    camera_model: str,
+    intrinsics: Path | None,
+    refine: bool,
+    num_threads: int = 1,
+    mapper: str = "incremental",
 ) -> MapConf:
     return MapConf(
         camera=CameraConf(
@@ -247,6 +261,7 @@ def map_conf(
             refine_intrinsics=refine,
         ),
         num_threads=num_threads,
+        mapper=mapper,
     )
 
 

@@ -17,6 +17,8 @@ from sfmkit.cli.common import (
     ImageListOpt,
     ImagesArg,
     IntrinsicsOpt,
+    Mapper,
+    MapperOpt,
     MaxPixelsOpt,
     MaxSizeOpt,
     OverwriteOpt,
@@ -88,6 +90,7 @@ def reconstruct_cmd(
     camera_model: CameraModelOpt = "SIMPLE_RADIAL",
     intrinsics: IntrinsicsOpt = None,
     refine_intrinsics: RefineOpt = False,
+    mapper: MapperOpt = Mapper("incremental"),  # type: ignore[call-arg]
     num_threads: ThreadsOpt = 1,
     device: DeviceOpt = "auto",
     image_list: ImageListOpt = None,
@@ -101,7 +104,9 @@ def reconstruct_cmd(
         pairs=pairs,
         best_pairs=best_pairs,
         refine=None if refine is None else refine.value,
-        mapping=map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics, num_threads),
+        mapping=map_conf(
+            camera_mode.value, camera_model, intrinsics, refine_intrinsics, num_threads, mapper.value
+        ),
     )
     if output is None:
         output = default_output(images)

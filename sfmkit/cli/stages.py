@@ -22,6 +22,8 @@ from sfmkit.cli.common import (
     ImageListOpt,
     ImagesArg,
     IntrinsicsOpt,
+    Mapper,
+    MapperOpt,
     MaxPixelsOpt,
     MaxSizeOpt,
     OutOpt,
@@ -325,11 +327,13 @@ def map_cmd(
     camera_model: CameraModelOpt = "SIMPLE_RADIAL",
     intrinsics: IntrinsicsOpt = None,
     refine_intrinsics: RefineOpt = False,
+    mapper: MapperOpt = Mapper("incremental"),  # type: ignore[call-arg]
     num_threads: ThreadsOpt = 1,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Incremental mapping with pycolmap; writes the COLMAP model, model.ply and report.json."""
-    conf = map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics, num_threads)
+    """Mapping with pycolmap (incremental, global or hierarchical); writes the COLMAP model,
+    model.ply and report.json."""
+    conf = map_conf(camera_mode.value, camera_model, intrinsics, refine_intrinsics, num_threads, mapper.value)
     start = time.perf_counter()
     result = map_images(conf, images, verified, pairs, output, features=features, overwrite=overwrite)
     seconds = time.perf_counter() - start

@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,9 +158,14 @@ def _pool_images(subsets: Sequence[Subset], pool: Path) -> dict[str, dict[str, s
 
 
 def run_sfmkit_subsets(
-    conf: ReconstructConf, subsets: Sequence[Subset], out_dir: Path, use_intrinsics: bool
+    conf: ReconstructConf,
+    subsets: Sequence[Subset],
+    out_dir: Path,
+    use_intrinsics: bool,
+    label: str = "sfmkit",
 ) -> tuple[dict[str, tuple[pycolmap.Reconstruction | None, dict[str, str]]], dict[str, float]]:
-    """sfmkit on every subset, sharing extraction and matching across subsets.
+    """sfmkit on every subset, sharing extraction and matching across subsets (and across
+    configurations: stage files are named by preset); models go to ``<subset>/<label>``.
 
     Returns:
         subset name -> (model, model image name -> subset image name), and seconds per stage.
@@ -196,7 +201,7 @@ def run_sfmkit_subsets(
                     work / "pool",
                     verified,
                     pairs,
-                    out_dir / subset.name / "sfmkit",
+                    out_dir / subset.name / label,
                     features=keypoints,
                 ).reconstruction
             except SfmkitError as exc:
@@ -214,8 +219,12 @@ def evaluate_aachen(
     colmap: Runner | None = None,
     *,
     use_intrinsics: bool = False,
+    variants: Mapping[str, ReconstructConf] | None = None,
 ) -> Path:
-    """Run the protocol for ``methods`` (``sfmkit``, ``colmap-sift``); returns results.json."""
+    """Run the protocol for ``methods`` (``sfmkit`` with ``conf``, ``colmap-sift``, or a name
+    of ``variants``: sfmkit with that configuration, e.g. the ALIKED + LightGlue peer);
+    returns results.json."""
+    variants = dict(variants or {})
     out_dir = Path(out_dir)
     subsets = load_subsets(root)
     per_method: dict[str, dict[str, Any]] = {}
@@ -223,9 +232,10 @@ def evaluate_aachen(
     for method in methods:
         start = time.perf_counter()
         queries: dict[str, Any] = {}
-        if method == "sfmkit":
-            models, stages = run_sfmkit_subsets(conf, subsets, out_dir, use_intrinsics)
-            timings["sfmkit_stages"] = stages
+        if method == "sfmkit" or method in variants:
+            run_conf = variants.get(method, conf)
+            models, stages = run_sfmkit_subsets(run_conf, subsets, out_dir, use_intrinsics, label=method)
+            timings[f"{method}_stages"] = stages
             for subset in subsets:
                 model, rename = models[subset.name]
                 queries[subset.name] = score_queries(subset, model, rename)

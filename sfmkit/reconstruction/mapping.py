@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from sfmkit.errors import SfmkitError
+from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.io.h5 import H5Reader, check_writable_dir, read_file_attrs
 from sfmkit.io.images import check_fingerprints, read_image, stored_fingerprints
 from sfmkit.io.matches import input_features, read_verified
@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 #: Files of a model written by a previous run; removed before writing a new one, so a run that
 #: reconstructs nothing does not leave an old model behind.
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin", "model.ply")
+
+
+#: the mappers of ``--mapper``
+MAPPERS = ("incremental", "global", "hierarchical")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,10 @@ class MapConf:
         initialisation only when no model forms at all, this also does it when the model
         stays small.
     retry_below: fraction of registered images under which the next angle is tried.
+    mapper: ``incremental`` (COLMAP's incremental mapper, with the retries above), ``global``
+        (pycolmap's GLOMAP: rotation averaging and global positioning of all images at once, then
+        bundle adjustment) or ``hierarchical`` (the images partitioned into overlapping clusters,
+        each mapped incrementally, then merged). The last two are for large collections.
     """
 
     camera: CameraConf = field(default_factory=CameraConf)
@@ -71,6 +79,11 @@ class MapConf:
     num_threads: int = 1
     init_min_tri_angles: tuple[float, ...] = (16.0, 8.0, 4.0)
     retry_below: float = 0.8
+    mapper: str = "incremental"
+
+    def __post_init__(self) -> None:
+        if self.mapper not in MAPPERS:
+            raise ConfigError(f"unknown mapper {self.mapper!r}; choose among {MAPPERS}")
 
 
 @dataclass(frozen=True)
@@ -180,15 +193,48 @@ def _incremental_mapping(
         )
 
 
+def _global_or_hierarchical(
+    conf: MapConf, db_path: Path, image_dir: Path, models_dir: Path
+) -> dict[int, pycolmap.Reconstruction]:
+    """One run of pycolmap's global (GLOMAP) or hierarchical mapper."""
+    models_dir.mkdir(parents=True)
+    pycolmap.set_random_seed(conf.seed)
+    inc = _mapper_options(conf)
+    if conf.mapper == "global":
+        options = pycolmap.GlobalPipelineOptions()
+        options.min_num_matches = conf.min_num_matches
+        options.min_model_size = conf.min_model_size
+        options.num_threads = conf.num_threads
+        options.random_seed = conf.seed
+        options.mapper.num_threads = conf.num_threads
+        options.mapper.random_seed = conf.seed
+        ba = options.mapper.bundle_adjustment
+        ba.refine_focal_length = inc.ba_refine_focal_length
+        ba.refine_principal_point = inc.ba_refine_principal_point
+        ba.refine_extra_params = inc.ba_refine_extra_params
+        with bar("map (global)", total=None):
+            return pycolmap.global_mapping(db_path, image_dir, models_dir, options)
+    options = pycolmap.HierarchicalPipelineOptions()
+    options.incremental_options = inc
+    options.num_threads = conf.num_threads
+    with bar("map (hierarchical)", total=None):
+        return pycolmap.hierarchical_mapping(db_path, image_dir, models_dir, options)
+
+
 def _run_mapper(
     conf: MapConf, db_path: Path, image_dir: Path, out_dir: Path, num_images: int
 ) -> tuple[pycolmap.Reconstruction | None, dict[int, pycolmap.Reconstruction], list[dict[str, Any]]]:
     """Incremental mapping, retried with lower initial triangulation angles while the largest
-    model registers fewer than ``conf.retry_below`` of the images. Returns the largest model,
-    all models of its attempt, and a summary of the attempts."""
+    model registers fewer than ``conf.retry_below`` of the images (or one global or hierarchical
+    run). Returns the largest model, all models of its attempt, and a summary of the attempts."""
     for stale in [out_dir / "models", *out_dir.glob("models-init*")]:
         if stale.is_dir():
             shutil.rmtree(stale)
+    if conf.mapper != "incremental":
+        found = _global_or_hierarchical(conf, db_path, image_dir, out_dir / "models")
+        best = largest_model(found)
+        registered = best.num_reg_images() if best else 0
+        return best, found, [{"mapper": conf.mapper, "registered": registered}]
     best, models, attempts = None, {}, []
     for attempt, angle in enumerate(conf.init_min_tri_angles):
         options = _mapper_options(conf)
