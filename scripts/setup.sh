@@ -41,7 +41,7 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # shellcheck disable=SC2086
     "$VENV/bin/python" -m pip install --quiet $TORCH
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev,ray]"
     # the peers extra without the wheels' own dependencies (OpenCV's GUI build would replace the
     # headless one; gdown and poselib serve their training scripts, which sfmkit never runs)
     "$VENV/bin/python" -m pip install --quiet "kornia>=0.9"

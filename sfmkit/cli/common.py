@@ -24,6 +24,7 @@ from sfmkit.features import CONFS, FeatureConf, get_conf
 from sfmkit.reconstruction.cameras import CAMERA_MODES, CameraConf
 from sfmkit.reconstruction.mapping import MAPPERS, MapConf, MapResult
 from sfmkit.utils.config import conf_to_dict, replace
+from sfmkit.utils.executor import EXECUTORS, ExecutorConf
 from sfmkit.utils.report import write_report
 from sfmkit.utils.timing import peak_rss_mb
 
@@ -223,6 +224,28 @@ CameraModelOpt = Annotated[
 IntrinsicsOpt = Annotated[
     Path | None, typer.Option("--intrinsics", help="Known calibration: K.txt (3x3, for the images as given).")
 ]
+Executor = choices("Executor", EXECUTORS)
+ExecutorOpt = Annotated[
+    Executor,
+    typer.Option("--executor", help="local (this process) or ray (Ray tasks; extraction so far)."),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", help="CPUs of the local Ray instance (default: all); with --executor ray."),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="An existing Ray cluster (auto or HOST:PORT) instead of a local one."),
+]
+
+
+def executor_conf(executor: str, workers: int | None, address: str | None) -> ExecutorConf:
+    """The executor options; --workers and --ray-address only mean something with ray."""
+    if executor == "local" and (workers is not None or address is not None):
+        raise SfmkitError("--workers and --ray-address go with --executor ray")
+    return ExecutorConf(kind=executor, workers=workers, address=address)
+
+
 Mapper = choices("Mapper", MAPPERS)
 MapperOpt = Annotated[
     Mapper,

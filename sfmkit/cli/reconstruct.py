@@ -12,6 +12,8 @@ from sfmkit.cli.common import (
     CameraModelOpt,
     CameraModeOpt,
     DeviceOpt,
+    Executor,
+    ExecutorOpt,
     FeaturePreset,
     FeaturesOpt,
     ImageListOpt,
@@ -22,11 +24,14 @@ from sfmkit.cli.common import (
     MaxPixelsOpt,
     MaxSizeOpt,
     OverwriteOpt,
+    RayAddressOpt,
     ReconstructPairsOpt,
     RefineOpt,
     ThreadsOpt,
     WeightsOpt,
+    WorkersOpt,
     choices,
+    executor_conf,
     feature_conf,
     handle_errors,
     logger,
@@ -95,9 +100,13 @@ def reconstruct_cmd(
     device: DeviceOpt = "auto",
     image_list: ImageListOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    executor: ExecutorOpt = Executor("local"),  # type: ignore[call-arg]
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Images to a calibrated sparse model: extract, match, verify, refine, map."""
+    run_on = executor_conf(executor.value, workers, ray_address)
     conf = ReconstructConf(
         features=feature_conf(features.value, max_size, weights),
         matcher=None if matcher is None else match_mod.CONFS[matcher.value],
@@ -119,6 +128,7 @@ def reconstruct_cmd(
         overwrite=overwrite,
         device=device,
         max_pixels=max_pixels,
+        executor=run_on,
     )
     stats = result.mapping.stats
     skipped = result.counts.get("skipped_images") or {}

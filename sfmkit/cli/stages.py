@@ -17,6 +17,8 @@ from sfmkit.cli.common import (
     CameraModelOpt,
     CameraModeOpt,
     DeviceOpt,
+    Executor,
+    ExecutorOpt,
     FeaturePreset,
     FeaturesOpt,
     ImageListOpt,
@@ -29,11 +31,14 @@ from sfmkit.cli.common import (
     OutOpt,
     OverwriteOpt,
     PairsOpt,
+    RayAddressOpt,
     RefineOpt,
     ThreadsOpt,
     WeightsOpt,
+    WorkersOpt,
     choices,
     console,
+    executor_conf,
     feature_conf,
     finish,
     handle_errors,
@@ -99,10 +104,14 @@ def extract_cmd(
     device: DeviceOpt = "auto",
     image_list: ImageListOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    executor: ExecutorOpt = Executor("local"),  # type: ignore[call-arg]
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Extract features of every image (resumes an interrupted run)."""
     conf = feature_conf(features.value, max_size, weights)
+    run_on = executor_conf(executor.value, workers, ray_address)
     start = time.perf_counter()
     path = extract(
         conf,
@@ -112,6 +121,7 @@ def extract_cmd(
         overwrite=overwrite,
         device=device,
         max_pixels=max_pixels,
+        executor=run_on,
     )
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")

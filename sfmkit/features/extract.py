@@ -5,6 +5,8 @@ resumable, through one per-image loop (:func:`extract_items`)."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,7 +18,7 @@ import numpy as np
 from sfmkit.errors import ImageReadError, SfmkitError
 from sfmkit.features import CONFS, FeatureConf, make_extractor
 from sfmkit.features.global_descriptors import GLOBAL_CONFS, GlobalConf, GlobalExtractor
-from sfmkit.io.h5 import ItemWriter, json_attr, read_file_attrs
+from sfmkit.io.h5 import COMPLETE, H5Reader, ItemWriter, json_attr, read_file_attrs
 from sfmkit.io.images import (
     DEFAULT_MAX_PIXELS,
     FINGERPRINT,
@@ -30,7 +32,8 @@ from sfmkit.io.images import (
 from sfmkit.models.weights import sha256_file
 from sfmkit.utils.config import conf_tag, conf_to_json
 from sfmkit.utils.device import resolve_device
-from sfmkit.utils.progress import track
+from sfmkit.utils.executor import LOCAL, ExecutorConf, chunks, require_ray, run_ray, start_ray
+from sfmkit.utils.progress import bar, track
 
 logger = logging.getLogger(__name__)
 
@@ -113,19 +116,30 @@ def extract(
     overwrite: bool = False,
     device: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    executor: ExecutorConf = LOCAL,
 ) -> Path:
     """Extract features of every image under ``images`` into ``out_dir``.
 
     Images already complete in the output are skipped (resume). Unreadable images are
     logged, skipped and recorded in the file attribute ``skipped`` ({name: reason}); the
-    attribute ``last_run`` counts what this call computed, reused and skipped.
+    attribute ``last_run`` counts what this call computed, reused and skipped. With the Ray
+    executor the images are extracted by Ray tasks into shards first (:func:`_extract_with_ray`);
+    the file is then the one the local executor writes.
 
     Returns:
         Path of the feature file.
     """
     check_weights(conf)
-    return extract_items(
-        features_path(conf, out_dir),
+    path = features_path(conf, out_dir)
+    computed = 0
+    start = time.perf_counter()
+    if executor.kind == "ray":
+        computed = _extract_with_ray(
+            conf, Path(images), path, image_names, overwrite, device, max_pixels, executor
+        )
+        overwrite = False
+    path = extract_items(
+        path,
         "features",
         conf,
         images,
@@ -136,6 +150,120 @@ def extract(
         max_pixels=max_pixels,
         extra_attrs={"extractor": conf.kind},
     )
+    if computed:  # the last pass found the Ray tasks' images done: count them as this run's
+        run = json_attr(path, "last_run", {})
+        run.update(
+            computed=run["computed"] + computed,
+            reused=run["reused"] - computed,
+            seconds=round(time.perf_counter() - start, 3),
+            executor="ray",
+        )
+        identity, extra = weights_identity(conf), {"extractor": conf.kind}
+        with ItemWriter(path, "features", conf_to_json(conf), identity=identity, extra_attrs=extra) as writer:
+            writer.set_attrs(last_run=run)
+    return path
+
+
+#: test hook: a file path; the first Ray task to find it absent creates it and kills its own
+#: worker before its second image, as a node failure would (the task is then retried)
+KILL_ONCE_ENV = "SFMKIT_TEST_KILL_WORKER_ONCE"
+
+
+def _extract_chunk(
+    conf: FeatureConf, images: str, names: list[str], shard: str, device: str, max_pixels: int
+) -> tuple[str, int]:
+    """One Ray task: the features of ``names`` into the shard file ``shard`` (resumable)."""
+    import torch
+
+    torch.set_num_threads(1)  # one CPU per task
+    marker = os.environ.get(KILL_ONCE_ENV)
+
+    def make() -> Callable[[LoadedImage], dict[str, np.ndarray]]:
+        extractor = make_extractor(conf, resolve_device(device))
+        if not marker or len(names) < 2 or Path(marker).exists():
+            return extractor
+        calls = []
+
+        def dying(image: LoadedImage) -> dict[str, np.ndarray]:
+            calls.append(1)
+            if len(calls) == 2 and not Path(marker).exists():
+                Path(marker).touch()
+                os._exit(1)
+            return extractor(image)
+
+        return dying
+
+    extract_items(
+        Path(shard),
+        "features",
+        conf,
+        Path(images),
+        make,
+        label="shard",
+        image_names=names,
+        max_pixels=max_pixels,
+        extra_attrs={"extractor": conf.kind},
+    )
+    return shard, len(names)
+
+
+def _extract_with_ray(
+    conf: FeatureConf,
+    images: Path,
+    path: Path,
+    image_names: Sequence[str] | None,
+    overwrite: bool,
+    device: str,
+    max_pixels: int,
+    executor: ExecutorConf,
+) -> int:
+    """Extract the images not yet in ``path`` as Ray tasks, each into its own shard
+    (``shards/<file stem>/<k>.h5`` beside it), and merge every finished shard into ``path``.
+
+    Shards are fixed sets of consecutive images, so a rerun after an interruption resumes each
+    shard where it stopped; a shard is deleted once merged. Returns the images merged.
+    """
+    require_ray()  # before any file is touched
+    listing = list_images(images, image_names)
+    shard_dir = path.parent / "shards" / path.stem
+    if overwrite and shard_dir.exists():
+        shutil.rmtree(shard_dir)
+    recorded_dir = _recorded_image_dir(path) if not overwrite else None
+    writer = ItemWriter(
+        path,
+        "features",
+        conf_to_json(conf),
+        overwrite=overwrite,
+        identity=weights_identity(conf),
+        extra_attrs={"extractor": conf.kind},
+    )
+    if writer.done:
+        check_fingerprints(stored_fingerprints(path, listing.names), images, path, recorded_dir)
+    todo = [n for n in listing.names if (n,) not in writer.done]
+    if not todo:
+        return 0
+    ray = start_ray(executor)
+    groups = chunks(todo, executor, ray.cluster_resources().get("CPU", 1))
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (conf, str(images), group, str(shard_dir / f"{k:05d}.h5"), device, max_pixels)
+        for k, group in enumerate(groups)
+    ]
+    merged = 0
+    with writer, bar(f"extract {conf.name} (ray, {len(jobs)} tasks)", total=len(todo)) as progress:
+        for shard, count in run_ray(executor, _extract_chunk, jobs):
+            with H5Reader(Path(shard), "features") as reader:
+                for key in reader.items(1):
+                    attrs = {k: v for k, v in reader.attrs(key).items() if k != COMPLETE}
+                    writer.write(key, reader.datasets(key), attrs)
+                    merged += 1
+            writer.flush()
+            Path(shard).unlink()
+            progress.advance(count)
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    if not any(shard_dir.parent.iterdir()):
+        shard_dir.parent.rmdir()
+    return merged
 
 
 def extract_items(

@@ -29,6 +29,7 @@ from sfmkit.refinement import refine as refine_mod
 from sfmkit.refinement.refine import RefineConf, refine
 from sfmkit.retrieval.search import SearchConf
 from sfmkit.utils.config import conf_to_dict
+from sfmkit.utils.executor import LOCAL, ExecutorConf
 from sfmkit.utils.report import write_report
 from sfmkit.utils.timing import StageTimer
 
@@ -129,9 +130,11 @@ def reconstruct(
     overwrite: bool = False,
     device: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    executor: ExecutorConf = LOCAL,
 ) -> ReconstructResult:
     """Run every stage; each one resumes from what ``out_dir`` already holds. A stage file
-    found damaged on reading is recomputed where damaged (the stages run once more)."""
+    found damaged on reading is recomputed where damaged (the stages run once more).
+    ``executor``: where extraction runs (so far the only stage with a Ray executor)."""
     out_dir = Path(out_dir)
     spec, listed = preflight(
         conf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device
@@ -148,6 +151,7 @@ def reconstruct(
                 overwrite and not attempt,
                 device,
                 max_pixels,
+                executor,
             )
         except DamagedFileError as exc:
             if attempt:
@@ -166,6 +170,7 @@ def _run_stages(
     overwrite: bool,
     device: str,
     max_pixels: int,
+    executor: ExecutorConf,
 ) -> ReconstructResult:
     matcher, verification, refinement = conf.stage_confs()
     timer = StageTimer()
@@ -179,6 +184,7 @@ def _run_stages(
             overwrite=overwrite,
             device=device,
             max_pixels=max_pixels,
+            executor=executor,
         )
     counts["extract"] = json_attr(feats, "last_run")
     counts["skipped_images"] = json_attr(feats, "skipped", {})
