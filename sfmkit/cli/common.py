@@ -227,7 +227,7 @@ IntrinsicsOpt = Annotated[
 Executor = choices("Executor", EXECUTORS)
 ExecutorOpt = Annotated[
     Executor,
-    typer.Option("--executor", help="local (this process) or ray (Ray tasks; extraction so far)."),
+    typer.Option("--executor", help="local (this process) or ray (Ray tasks; extract, match, verify)."),
 ]
 WorkersOpt = Annotated[
     int | None,

@@ -207,6 +207,9 @@ def match_cmd(
     ] = None,
     ratio: Annotated[float | None, typer.Option("--ratio", help="Lowe ratio test (both directions).")] = None,
     device: DeviceOpt = "auto",
+    executor: ExecutorOpt = Executor("local"),  # type: ignore[call-arg]
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Match image pairs: mutual nearest neighbours (coarse-to-fine for dense features)."""
@@ -220,7 +223,10 @@ def match_cmd(
     start = time.perf_counter()
     names = sorted(k[0] for k in list_items(features, 1))
     pairs_path = make_pairs(spec, names, out)
-    path = match_mod.match(conf, features, pairs_path, out, overwrite=overwrite, device=device)
+    run_on = executor_conf(executor.value, workers, ray_address)
+    path = match_mod.match(
+        conf, features, pairs_path, out, overwrite=overwrite, device=device, executor=run_on
+    )
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")
     rows = [("pairs file", pairs_path), ("pairs computed / reused", f"{run['computed']} / {run['reused']}")]
@@ -249,6 +255,9 @@ def verify_cmd(
         int | None, typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
+    executor: ExecutorOpt = Executor("local"),  # type: ignore[call-arg]
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Verify matches with multi-homography RANSAC."""
@@ -264,7 +273,10 @@ def verify_cmd(
         seed=seed,
     )
     start = time.perf_counter()
-    path = verify_mod.verify(conf, matches, pairs, out, features=features, overwrite=overwrite)
+    run_on = executor_conf(executor.value, workers, ray_address)
+    path = verify_mod.verify(
+        conf, matches, pairs, out, features=features, overwrite=overwrite, executor=run_on
+    )
     seconds = time.perf_counter() - start
     run = json_attr(path, "last_run")
     rows = [("pairs with inliers", f"{run['pairs_with_inliers']} / {run['pairs']}")]

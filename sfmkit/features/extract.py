@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +17,7 @@ import numpy as np
 from sfmkit.errors import ImageReadError, SfmkitError
 from sfmkit.features import CONFS, FeatureConf, make_extractor
 from sfmkit.features.global_descriptors import GLOBAL_CONFS, GlobalConf, GlobalExtractor
-from sfmkit.io.h5 import COMPLETE, H5Reader, ItemWriter, json_attr, read_file_attrs
+from sfmkit.io.h5 import ItemWriter, json_attr, read_file_attrs
 from sfmkit.io.images import (
     DEFAULT_MAX_PIXELS,
     FINGERPRINT,
@@ -29,11 +28,12 @@ from sfmkit.io.images import (
     read_image,
     stored_fingerprints,
 )
+from sfmkit.io.shards import remove_shards, run_sharded
 from sfmkit.models.weights import sha256_file
 from sfmkit.utils.config import conf_tag, conf_to_json
 from sfmkit.utils.device import resolve_device
-from sfmkit.utils.executor import LOCAL, ExecutorConf, chunks, require_ray, run_ray, start_ray
-from sfmkit.utils.progress import bar, track
+from sfmkit.utils.executor import LOCAL, ExecutorConf, require_ray
+from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ KILL_ONCE_ENV = "SFMKIT_TEST_KILL_WORKER_ONCE"
 
 
 def _extract_chunk(
-    conf: FeatureConf, images: str, names: list[str], shard: str, device: str, max_pixels: int
+    conf: FeatureConf, images: str, device: str, max_pixels: int, names: list[str], shard: str
 ) -> tuple[str, int]:
     """One Ray task: the features of ``names`` into the shard file ``shard`` (resumable)."""
     import torch
@@ -217,17 +217,12 @@ def _extract_with_ray(
     max_pixels: int,
     executor: ExecutorConf,
 ) -> int:
-    """Extract the images not yet in ``path`` as Ray tasks, each into its own shard
-    (``shards/<file stem>/<k>.h5`` beside it), and merge every finished shard into ``path``.
-
-    Shards are fixed sets of consecutive images, so a rerun after an interruption resumes each
-    shard where it stopped; a shard is deleted once merged. Returns the images merged.
-    """
+    """Extract the images not yet in ``path`` as Ray tasks, each into its own shard, merged into
+    ``path`` (:mod:`sfmkit.io.shards`). Returns the images merged."""
     require_ray()  # before any file is touched
     listing = list_images(images, image_names)
-    shard_dir = path.parent / "shards" / path.stem
-    if overwrite and shard_dir.exists():
-        shutil.rmtree(shard_dir)
+    if overwrite:
+        remove_shards(path)
     recorded_dir = _recorded_image_dir(path) if not overwrite else None
     writer = ItemWriter(
         path,
@@ -242,28 +237,8 @@ def _extract_with_ray(
     todo = [n for n in listing.names if (n,) not in writer.done]
     if not todo:
         return 0
-    ray = start_ray(executor)
-    groups = chunks(todo, executor, ray.cluster_resources().get("CPU", 1))
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        (conf, str(images), group, str(shard_dir / f"{k:05d}.h5"), device, max_pixels)
-        for k, group in enumerate(groups)
-    ]
-    merged = 0
-    with writer, bar(f"extract {conf.name} (ray, {len(jobs)} tasks)", total=len(todo)) as progress:
-        for shard, count in run_ray(executor, _extract_chunk, jobs):
-            with H5Reader(Path(shard), "features") as reader:
-                for key in reader.items(1):
-                    attrs = {k: v for k, v in reader.attrs(key).items() if k != COMPLETE}
-                    writer.write(key, reader.datasets(key), attrs)
-                    merged += 1
-            writer.flush()
-            Path(shard).unlink()
-            progress.advance(count)
-    shutil.rmtree(shard_dir, ignore_errors=True)
-    if not any(shard_dir.parent.iterdir()):
-        shard_dir.parent.rmdir()
-    return merged
+    args = (conf, str(images), device, max_pixels)
+    return run_sharded(executor, _extract_chunk, args, todo, writer, "features", 1, f"extract {conf.name}")
 
 
 def extract_items(

@@ -20,7 +20,9 @@ from sfmkit.geometry.multi_homography import HomographySet, RansacParams, multi_
 from sfmkit.io.h5 import H5Reader, ItemWriter, file_reference
 from sfmkit.io.matches import get_pair_matches, inlier_counts, input_features, start_pair_run
 from sfmkit.io.pairs import Pair
-from sfmkit.utils.config import derived_path
+from sfmkit.io.shards import remove_shards, run_sharded
+from sfmkit.utils.config import conf_to_json, derived_path
+from sfmkit.utils.executor import LOCAL, ExecutorConf, require_ray
 from sfmkit.utils.parallel import ordered_map
 from sfmkit.utils.progress import track
 
@@ -143,6 +145,15 @@ def _verify_pairs(
             )
 
 
+def _verify_chunk(conf: VerifyConf, features: str, matches: str, pairs: list, shard: str) -> tuple[str, int]:
+    """One Ray task: the verified matches of ``pairs`` into the shard file ``shard`` (resumable;
+    one RANSAC thread: the task has one CPU)."""
+    writer = ItemWriter(Path(shard), "verified", conf_to_json(conf), depth=2, flush_every=64)
+    with H5Reader(Path(features), "features") as feats, H5Reader(Path(matches), "matches") as mreader:
+        _verify_pairs(conf, feats, mreader, writer.pending([tuple(p) for p in pairs]), writer, 1)
+    return shard, len(pairs)
+
+
 def verify(
     conf: VerifyConf,
     matches: Path,
@@ -152,12 +163,15 @@ def verify(
     features: Path | None = None,
     overwrite: bool = False,
     workers: int | None = None,
+    executor: ExecutorConf = LOCAL,
 ) -> Path:
     """Verify the matches of every pair in ``pairs``; resumable.
 
     Args:
         features: the feature file; by default the one the matches file was made from.
         workers: RANSAC threads (default: up to 4, one per core).
+        executor: ``ray``: groups of pairs verified by Ray tasks into shards, merged into the file
+            (RANSAC is seeded per pair, so the result is the local executor's).
 
     Returns:
         Path of the verified-matches file.
@@ -165,10 +179,18 @@ def verify(
     features = input_features(matches, features)
     path = verified_path(conf, matches, out_dir)
     identity = {"features": file_reference(features, path), "matches": file_reference(matches, path)}
+    if executor.kind == "ray":
+        require_ray()
+    if overwrite:
+        remove_shards(path)
     with H5Reader(features, "features") as feats, H5Reader(matches, "matches") as mreader:
         names = {k[0] for k in feats.items(1)}
         run = start_pair_run(path, "verified", conf, pairs, names, identity=identity, overwrite=overwrite)
-        _verify_pairs(conf, feats, mreader, run.todo, run.writer, workers)
+        if executor.kind == "ray" and run.todo:
+            args = (conf, str(features), str(matches))
+            run_sharded(executor, _verify_chunk, args, run.todo, run.writer, "verified", 2, "verify")
+        else:
+            _verify_pairs(conf, feats, mreader, run.todo, run.writer, workers)
     counts = inlier_counts(path, run.pairs)
     if conf.best_pairs is not None:
         keep = select_best_pairs(counts, conf.best_pairs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,15 @@ import torch
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.features import feature_kind
 from sfmkit.geometry.multi_homography import RansacParams, ransac_homography
-from sfmkit.io.h5 import H5Reader, file_reference, read_file_attrs
+from sfmkit.io.h5 import H5Reader, ItemWriter, file_reference, read_file_attrs
 from sfmkit.io.matches import start_pair_run
+from sfmkit.io.shards import remove_shards, run_sharded
 from sfmkit.matching.coarse_to_fine import coarse_to_fine
 from sfmkit.matching.lightglue import ItemCache, LightGlueConf, LightGlueMatcher
 from sfmkit.matching.mutual_nn import mutual_nn
-from sfmkit.utils.config import derived_path
+from sfmkit.utils.config import conf_to_json, derived_path
 from sfmkit.utils.device import resolve_device
+from sfmkit.utils.executor import LOCAL, ExecutorConf, require_ray
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
@@ -238,6 +241,42 @@ def match_pair(conf: MatchConf, d0: dict, d1: dict, dense: bool) -> dict[str, np
     return {"matches0": matches0, "matching_scores0": scores0, **extra}
 
 
+def _pair_function(
+    conf: AnyMatchConf, reader: H5Reader, dense: bool, family: str | None, device: torch.device, needed: bool
+) -> Callable[[str, str], dict[str, np.ndarray]]:
+    """The function matching one pair of images of ``reader`` (its network loaded if ``needed``)."""
+    if isinstance(conf, LightGlueConf):
+        items = ItemCache(reader, device)
+        matcher = LightGlueMatcher(conf, str(family), device) if needed else None
+
+        def pair(name0: str, name1: str) -> dict[str, np.ndarray]:
+            assert matcher is not None
+            return matcher(items.get(name0), items.get(name1))
+
+        return pair
+    cache = _DescriptorCache(reader, dense, device)
+
+    def pair(name0: str, name1: str) -> dict[str, np.ndarray]:
+        return match_pair(conf, cache.get(name0), cache.get(name1), dense)
+
+    return pair
+
+
+def _match_chunk(
+    conf: AnyMatchConf, features: str, dense: bool, family: str | None, device: str, pairs: list, shard: str
+) -> tuple[str, int]:
+    """One Ray task: the matches of ``pairs`` into the shard file ``shard`` (resumable)."""
+    torch.set_num_threads(1)  # one CPU per task
+    with H5Reader(Path(features), "features") as reader:
+        writer = ItemWriter(Path(shard), "matches", conf_to_json(conf), depth=2, flush_every=64)
+        todo = writer.pending([tuple(p) for p in pairs])
+        pair = _pair_function(conf, reader, dense, family, resolve_device(device), bool(todo))
+        with writer, torch.inference_mode():
+            for name0, name1 in todo:
+                writer.write((name0, name1), pair(name0, name1))
+    return shard, len(pairs)
+
+
 def match(
     conf: AnyMatchConf,
     features: Path,
@@ -246,8 +285,10 @@ def match(
     *,
     overwrite: bool = False,
     device: str = "auto",
+    executor: ExecutorConf = LOCAL,
 ) -> Path:
-    """Match every pair of ``pairs`` whose images have features; resumable.
+    """Match every pair of ``pairs`` whose images have features; resumable. With the Ray
+    executor, groups of pairs are matched by Ray tasks into shards merged into the matches file.
 
     Returns:
         Path of the matches file.
@@ -275,6 +316,10 @@ def match(
             f"matcher {conf.name!r} is coarse-to-fine and needs dense features; use mnn or mnn-ratio"
         )
     path = matches_path(conf, features, out_dir)
+    if executor.kind == "ray":
+        require_ray()
+    if overwrite:
+        remove_shards(path)
     with H5Reader(features, "features") as reader:
         run = start_pair_run(
             path,
@@ -285,21 +330,15 @@ def match(
             identity={"features": file_reference(features, path)},
             overwrite=overwrite,
         )
-        torch_device = resolve_device(device)
-        if isinstance(conf, LightGlueConf):
-            items = ItemCache(reader, torch_device)
-            matcher = LightGlueMatcher(conf, str(family), torch_device) if run.todo else None
-
-            def pair(name0: str, name1: str) -> dict[str, np.ndarray]:
-                return matcher(items.get(name0), items.get(name1))
+        if executor.kind == "ray" and run.todo:
+            args = (conf, str(features), dense, family, device)
+            run_sharded(
+                executor, _match_chunk, args, run.todo, run.writer, "matches", 2, f"match {conf.name}"
+            )
         else:
-            cache = _DescriptorCache(reader, dense, torch_device)
-
-            def pair(name0: str, name1: str) -> dict[str, np.ndarray]:
-                return match_pair(conf, cache.get(name0), cache.get(name1), dense)
-
-        with run.writer, torch.inference_mode():
-            for name0, name1 in track(run.todo, f"match {conf.name}"):
-                run.writer.write((name0, name1), pair(name0, name1))
+            pair = _pair_function(conf, reader, dense, family, resolve_device(device), bool(run.todo))
+            with run.writer, torch.inference_mode():
+                for name0, name1 in track(run.todo, f"match {conf.name}"):
+                    run.writer.write((name0, name1), pair(name0, name1))
     run.finish()
     return path

@@ -134,7 +134,7 @@ def reconstruct(
 ) -> ReconstructResult:
     """Run every stage; each one resumes from what ``out_dir`` already holds. A stage file
     found damaged on reading is recomputed where damaged (the stages run once more).
-    ``executor``: where extraction runs (so far the only stage with a Ray executor)."""
+    ``executor``: where extraction, matching and verification run (local or Ray tasks)."""
     out_dir = Path(out_dir)
     spec, listed = preflight(
         conf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device
@@ -213,10 +213,12 @@ def _run_stages(
         with timer.stage("pairs"):
             pairs = make_pairs(spec, names, out_dir)
     with timer.stage("match"):
-        matches = match(matcher, feats, pairs, out_dir, overwrite=overwrite, device=device)
+        matches = match(matcher, feats, pairs, out_dir, overwrite=overwrite, device=device, executor=executor)
     counts["match"] = json_attr(matches, "last_run")
     with timer.stage("verify"):
-        verified = verify(verification, matches, pairs, out_dir, features=feats, overwrite=overwrite)
+        verified = verify(
+            verification, matches, pairs, out_dir, features=feats, overwrite=overwrite, executor=executor
+        )
     counts["verify"] = json_attr(verified, "last_run")
     keypoints = feats
     if refinement is not None:

@@ -1,0 +1,71 @@
+"""Stage files written in shards by Ray tasks (``--executor ray``) and merged by one writer.
+
+Each task gets a fixed group of items (images or pairs) and writes them to its own shard,
+``shards/<stage file stem>/<k>.h5`` beside the stage file, in the stage file's own layout and
+with its config; a retried task resumes its shard. The driver copies every finished shard's
+items into the stage file through the stage's single :class:`~sfmkit.io.h5.ItemWriter`, then
+deletes the shard, so the stage file ends up as the local executor writes it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sfmkit.io.h5 import COMPLETE, H5Reader, ItemWriter
+from sfmkit.utils.executor import ExecutorConf, chunks, run_ray, start_ray
+from sfmkit.utils.progress import bar
+
+
+def shard_folder(path: Path) -> Path:
+    """The folder of the shards of stage file ``path``."""
+    return Path(path).parent / "shards" / Path(path).stem
+
+
+def merge_shard(writer: ItemWriter, shard: Path, stage: str, depth: int) -> int:
+    """Copy the complete items of ``shard`` (datasets and attributes) into ``writer``'s file."""
+    merged = 0
+    with H5Reader(shard, stage) as reader:
+        for key in reader.items(depth):
+            attrs = {k: v for k, v in reader.attrs(key).items() if k != COMPLETE}
+            writer.write(key, reader.datasets(key), attrs)
+            merged += 1
+    writer.flush()
+    return merged
+
+
+def run_sharded(
+    executor: ExecutorConf,
+    task: Callable[..., tuple[str, int]],
+    args: tuple[Any, ...],
+    items: Sequence[Any],
+    writer: ItemWriter,
+    stage: str,
+    depth: int,
+    label: str,
+) -> int:
+    """Run ``task(*args, group, shard_path) -> (shard_path, items done)`` as one Ray task per
+    group of ``items`` and merge each finished shard into ``writer``; returns the items merged."""
+    ray = start_ray(executor)
+    groups = chunks(items, executor, ray.cluster_resources().get("CPU", 1))
+    folder = shard_folder(writer.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(*args, group, str(folder / f"{k:05d}.h5")) for k, group in enumerate(groups)]
+    merged = 0
+    with writer, bar(f"{label} (ray, {len(jobs)} tasks)", total=len(items)) as progress:
+        for shard, count in run_ray(executor, task, jobs):
+            merged += merge_shard(writer, Path(shard), stage, depth)
+            Path(shard).unlink()
+            progress.advance(count)
+    remove_shards(writer.path)
+    return merged
+
+
+def remove_shards(path: Path) -> None:
+    """Delete the shards of stage file ``path`` (and the ``shards`` folder once empty)."""
+    folder = shard_folder(path)
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
