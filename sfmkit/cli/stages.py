@@ -220,10 +220,10 @@ def match_cmd(
     kind = feature_kind(read_file_attrs(features).get("extractor"))
     preset = matcher.value if matcher is not None else kind.default_matcher
     conf = replace(match_mod.CONFS[preset], fine_radius=fine_radius, ratio=ratio)
+    run_on = executor_conf(executor.value, workers, ray_address)
     start = time.perf_counter()
     names = sorted(k[0] for k in list_items(features, 1))
     pairs_path = make_pairs(spec, names, out)
-    run_on = executor_conf(executor.value, workers, ray_address)
     path = match_mod.match(
         conf, features, pairs_path, out, overwrite=overwrite, device=device, executor=run_on
     )

@@ -32,7 +32,7 @@ from sfmkit.io.shards import remove_shards, run_sharded
 from sfmkit.models.weights import sha256_file
 from sfmkit.utils.config import conf_tag, conf_to_json
 from sfmkit.utils.device import resolve_device
-from sfmkit.utils.executor import LOCAL, ExecutorConf, require_ray
+from sfmkit.utils.executor import LOCAL, ExecutorConf, start_ray
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,9 @@ def extract(
     path = features_path(conf, out_dir)
     computed = 0
     start = time.perf_counter()
-    if executor.kind == "ray":
+    if executor.kind == "local":
+        remove_shards(path)  # of an interrupted Ray run: a local run does not resume them
+    else:
         computed = _extract_with_ray(
             conf, Path(images), path, image_names, overwrite, device, max_pixels, executor
         )
@@ -219,7 +221,8 @@ def _extract_with_ray(
 ) -> int:
     """Extract the images not yet in ``path`` as Ray tasks, each into its own shard, merged into
     ``path`` (:mod:`sfmkit.io.shards`). Returns the images merged."""
-    require_ray()  # before any file is touched
+    start_ray(executor)  # before any file is touched
+    make_extractor(conf, resolve_device(device))  # weights that cannot load fail before --overwrite deletes
     listing = list_images(images, image_names)
     if overwrite:
         remove_shards(path)
@@ -237,7 +240,7 @@ def _extract_with_ray(
     todo = [n for n in listing.names if (n,) not in writer.done]
     if not todo:
         return 0
-    args = (conf, str(images), device, max_pixels)
+    args = (conf, str(images.resolve()), device, max_pixels)
     return run_sharded(executor, _extract_chunk, args, todo, writer, "features", 1, f"extract {conf.name}")
 
 

@@ -99,5 +99,9 @@ class PeerExtractor:
             )[0]
             return f.keypoints, f.descriptors, f.detection_scores
         f = self.net.detectAndCompute(x)[0]
-        keep = f["scores"] > 0  # XFeat marks padding slots with a score of -1
-        return f["keypoints"][keep], f["descriptors"][keep], f["scores"][keep]
+        # XFeat runs on the image resized down to multiples of 32 and returns i * r for a cell
+        # centre i (pixel centres at integers) with r = size / resized size; the cell centre
+        # is (i + 0.5) r - 0.5 in the same convention
+        h, w = x.shape[-2:]
+        ratio = torch.tensor([w / max(32, w // 32 * 32), h / max(32, h // 32 * 32)], device=x.device)
+        return f["keypoints"] + 0.5 * ratio - 0.5, f["descriptors"], f["scores"]

@@ -22,7 +22,7 @@ from sfmkit.io.matches import get_pair_matches, inlier_counts, input_features, s
 from sfmkit.io.pairs import Pair
 from sfmkit.io.shards import remove_shards, run_sharded
 from sfmkit.utils.config import conf_to_json, derived_path
-from sfmkit.utils.executor import LOCAL, ExecutorConf, require_ray
+from sfmkit.utils.executor import LOCAL, ExecutorConf, start_ray
 from sfmkit.utils.parallel import ordered_map
 from sfmkit.utils.progress import track
 
@@ -148,7 +148,13 @@ def _verify_pairs(
 def _verify_chunk(conf: VerifyConf, features: str, matches: str, pairs: list, shard: str) -> tuple[str, int]:
     """One Ray task: the verified matches of ``pairs`` into the shard file ``shard`` (resumable;
     one RANSAC thread: the task has one CPU)."""
-    writer = ItemWriter(Path(shard), "verified", conf_to_json(conf), depth=2, flush_every=64)
+    identity = {
+        "features": file_reference(Path(features), Path(shard)),
+        "matches": file_reference(Path(matches), Path(shard)),
+    }
+    writer = ItemWriter(
+        Path(shard), "verified", conf_to_json(conf), depth=2, identity=identity, flush_every=64
+    )
     with H5Reader(Path(features), "features") as feats, H5Reader(Path(matches), "matches") as mreader:
         _verify_pairs(conf, feats, mreader, writer.pending([tuple(p) for p in pairs]), writer, 1)
     return shard, len(pairs)
@@ -180,14 +186,14 @@ def verify(
     path = verified_path(conf, matches, out_dir)
     identity = {"features": file_reference(features, path), "matches": file_reference(matches, path)}
     if executor.kind == "ray":
-        require_ray()
-    if overwrite:
+        start_ray(executor)  # before the verified file is touched
+    if overwrite or executor.kind == "local":
         remove_shards(path)
     with H5Reader(features, "features") as feats, H5Reader(matches, "matches") as mreader:
         names = {k[0] for k in feats.items(1)}
         run = start_pair_run(path, "verified", conf, pairs, names, identity=identity, overwrite=overwrite)
         if executor.kind == "ray" and run.todo:
-            args = (conf, str(features), str(matches))
+            args = (conf, str(Path(features).resolve()), str(Path(matches).resolve()))
             run_sharded(executor, _verify_chunk, args, run.todo, run.writer, "verified", 2, "verify")
         else:
             _verify_pairs(conf, feats, mreader, run.todo, run.writer, workers)

@@ -26,9 +26,10 @@ from sfmkit.io.shards import remove_shards, run_sharded
 from sfmkit.matching.coarse_to_fine import coarse_to_fine
 from sfmkit.matching.lightglue import ItemCache, LightGlueConf, LightGlueMatcher
 from sfmkit.matching.mutual_nn import mutual_nn
+from sfmkit.models.peers import check_lightglue
 from sfmkit.utils.config import conf_to_json, derived_path
 from sfmkit.utils.device import resolve_device
-from sfmkit.utils.executor import LOCAL, ExecutorConf, require_ray
+from sfmkit.utils.executor import LOCAL, ExecutorConf, start_ray
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
@@ -267,8 +268,11 @@ def _match_chunk(
 ) -> tuple[str, int]:
     """One Ray task: the matches of ``pairs`` into the shard file ``shard`` (resumable)."""
     torch.set_num_threads(1)  # one CPU per task
+    identity = {"features": file_reference(Path(features), Path(shard))}
     with H5Reader(Path(features), "features") as reader:
-        writer = ItemWriter(Path(shard), "matches", conf_to_json(conf), depth=2, flush_every=64)
+        writer = ItemWriter(
+            Path(shard), "matches", conf_to_json(conf), depth=2, identity=identity, flush_every=64
+        )
         todo = writer.pending([tuple(p) for p in pairs])
         pair = _pair_function(conf, reader, dense, family, resolve_device(device), bool(todo))
         with writer, torch.inference_mode():
@@ -315,10 +319,12 @@ def match(
         raise ConfigError(
             f"matcher {conf.name!r} is coarse-to-fine and needs dense features; use mnn or mnn-ratio"
         )
+    if family is not None:
+        check_lightglue(family)  # the peers extra, before the matches file is created
     path = matches_path(conf, features, out_dir)
     if executor.kind == "ray":
-        require_ray()
-    if overwrite:
+        start_ray(executor)  # before the matches file is touched
+    if overwrite or executor.kind == "local":
         remove_shards(path)
     with H5Reader(features, "features") as reader:
         run = start_pair_run(
@@ -331,7 +337,7 @@ def match(
             overwrite=overwrite,
         )
         if executor.kind == "ray" and run.todo:
-            args = (conf, str(features), dense, family, device)
+            args = (conf, str(Path(features).resolve()), dense, family, device)
             run_sharded(
                 executor, _match_chunk, args, run.todo, run.writer, "matches", 2, f"match {conf.name}"
             )

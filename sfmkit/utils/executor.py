@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sfmkit.errors import ConfigError
+from sfmkit.errors import ConfigError, SfmkitError
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +61,20 @@ def require_ray() -> None:
 
 
 def start_ray(conf: ExecutorConf) -> Any:
-    """The ``ray`` module, connected to ``conf.address`` or to a local instance (started once)."""
+    """The ``ray`` module, connected to ``conf.address`` or to a local instance (started once).
+    Stages call it before they touch their output, so a Ray that cannot start costs nothing."""
     require_ray()
     import ray
 
     if not ray.is_initialized():
-        if conf.address is not None:
-            ray.init(address=conf.address, logging_level=logging.WARNING)
-        else:
-            ray.init(num_cpus=conf.workers, include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            if conf.address is not None:
+                ray.init(address=conf.address, logging_level=logging.WARNING)
+            else:
+                ray.init(num_cpus=conf.workers, include_dashboard=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {conf.address}" if conf.address else "a local Ray instance"
+            raise SfmkitError(f"could not start {where}: {exc}") from exc
         logger.info("Ray: %s CPUs", ray.cluster_resources().get("CPU"))
     return ray
 
@@ -81,10 +86,16 @@ def chunks(items: Sequence[T], conf: ExecutorConf, cpus: float) -> list[list[T]]
 
 
 def run_ray(conf: ExecutorConf, func: Callable[..., R], jobs: Sequence[tuple[Any, ...]]) -> Iterator[R]:
-    """Run ``func(*job)`` for every job as a Ray task (one CPU each); yields results as tasks finish."""
+    """Run ``func(*job)`` for every job as a Ray task (one CPU each, no GPU: tasks run on the CPU);
+    yields results as tasks finish. If one fails or the caller stops, the others are cancelled,
+    so that no task goes on writing after the command has ended."""
     ray = start_ray(conf)
     remote = ray.remote(num_cpus=1, max_retries=conf.max_retries)(func)
     pending = [remote.remote(*job) for job in jobs]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
