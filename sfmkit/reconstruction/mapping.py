@@ -294,7 +294,9 @@ def _previous_run(out_dir: Path, config: dict[str, Any], overwrite: bool) -> dic
         previous = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    same = same_config(f"{out_dir} holds a model", previous.get("config", {}), config, overwrite=overwrite)
+    recorded = previous.get("config", {})
+    recorded.setdefault("mapper", "incremental")  # models made before --mapper existed
+    same = same_config(f"{out_dir} holds a model", recorded, config, overwrite=overwrite)
     return previous if same else None
 
 
