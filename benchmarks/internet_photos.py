@@ -15,6 +15,10 @@ import argparse
 import json
 import logging
 import time
+
+# before pycolmap, also in the processes that multiprocessing spawns (they re-import this script):
+# see sfmkit/__init__.py
+import zlib  # noqa: F401
 from pathlib import Path
 
 import numpy as np

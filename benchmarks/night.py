@@ -22,6 +22,10 @@ import json
 import logging
 import subprocess
 import sys
+
+# before pycolmap, also in the processes that multiprocessing spawns (they re-import this script):
+# see sfmkit/__init__.py
+import zlib  # noqa: F401
 from pathlib import Path
 
 import pycolmap

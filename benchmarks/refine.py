@@ -19,6 +19,10 @@ import json
 import multiprocessing
 import sqlite3
 import time
+
+# before pycolmap, also in the processes that multiprocessing spawns (they re-import this script):
+# see sfmkit/__init__.py
+import zlib  # noqa: F401
 from pathlib import Path
 from typing import Any
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+
+# before pycolmap, also in the processes that multiprocessing spawns (they re-import this script):
+# see sfmkit/__init__.py
+import zlib  # noqa: F401
 from pathlib import Path
 
 import pycolmap
