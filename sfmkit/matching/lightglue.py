@@ -19,7 +19,6 @@ Matches are written in the layout of :mod:`sfmkit.matching.match` (``matches0``,
 from __future__ import annotations
 
 import types
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from torch.nn import functional as F
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.io.h5 import H5Reader
 from sfmkit.models.peers import load_lightglue
+from sfmkit.utils.cache import LRUCache
 
 
 @dataclass(frozen=True)
@@ -147,18 +147,12 @@ def load_item(reader: H5Reader, name: str, device: torch.device) -> dict[str, to
     }
 
 
-class ItemCache:
-    """The last ``size`` items read (pairs come grouped by their first image)."""
-
-    def __init__(self, reader: H5Reader, device: torch.device, size: int = 64) -> None:
-        self.reader, self.device, self.size = reader, device, size
-        self._items: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-
-    def get(self, name: str) -> dict[str, torch.Tensor]:
-        if name in self._items:
-            self._items.move_to_end(name)
-        else:
-            self._items[name] = load_item(self.reader, name, self.device)
-            if len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return self._items[name]
+def item_cache(
+    reader: H5Reader, device: torch.device, budget: int = 2 << 30
+) -> LRUCache[dict[str, torch.Tensor]]:
+    """Items of :func:`load_item` by image name, least recently used evicted past ``budget`` bytes."""
+    return LRUCache(
+        lambda name: load_item(reader, name, device),
+        lambda item: sum(t.numel() * t.element_size() for t in item.values()),
+        budget,
+    )

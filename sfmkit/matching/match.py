@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ from sfmkit.io.h5 import H5Reader, ItemWriter, file_reference, read_file_attrs
 from sfmkit.io.matches import start_pair_run
 from sfmkit.io.shards import remove_shards, run_sharded
 from sfmkit.matching.coarse_to_fine import coarse_to_fine
-from sfmkit.matching.lightglue import ItemCache, LightGlueConf, LightGlueMatcher
+from sfmkit.matching.lightglue import LightGlueConf, LightGlueMatcher, item_cache
 from sfmkit.matching.mutual_nn import mutual_nn
 from sfmkit.models.peers import check_lightglue
+from sfmkit.utils.cache import LRUCache
 from sfmkit.utils.config import conf_to_json, derived_path
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.executor import LOCAL, ExecutorConf, start_ray
@@ -101,14 +101,13 @@ class _DescriptorCache:
     """Per-image descriptors as torch tensors, least recently used evicted past a byte budget."""
 
     def __init__(self, reader: H5Reader, dense: bool, device: torch.device, budget: int = 2 << 30):
-        self.reader, self.dense, self.device, self.budget = reader, dense, device, budget
-        self._items: OrderedDict[str, dict] = OrderedDict()
-        self._bytes = 0
+        self.reader, self.dense, self.device = reader, dense, device
+        self._cache: LRUCache[dict] = LRUCache(self._load, _item_bytes, budget)
 
     def get(self, name: str) -> dict:
-        if name in self._items:
-            self._items.move_to_end(name)
-            return self._items[name]
+        return self._cache.get(name)
+
+    def _load(self, name: str) -> dict:
         key = (name,)
         if not self.reader.has(key):
             raise SfmkitError(f"{self.reader.path} has no features for {name}; run extract first")
@@ -116,14 +115,6 @@ class _DescriptorCache:
         if self.dense:
             item["levels"] = self._levels(key)
             item["image_size"] = tuple(int(v) for v in self.reader.array(key, "image_size"))
-        size = item["fine"].numel() * item["fine"].element_size()
-        size += sum(lv.coarse.numel() * lv.coarse.element_size() for lv in item.get("levels", []))
-        self._items[name] = item
-        self._bytes += size
-        item["_bytes"] = size
-        while self._bytes > self.budget and len(self._items) > 2:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= old["_bytes"]
         return item
 
     def _levels(self, key: tuple[str]) -> list[Level]:
@@ -147,6 +138,12 @@ class _DescriptorCache:
         """(D, N) stored descriptors -> (N, D) float32 unit vectors."""
         t = torch.from_numpy(np.ascontiguousarray(desc.T)).to(self.device).float()
         return torch.nn.functional.normalize(t, dim=1)
+
+
+def _item_bytes(item: dict) -> int:
+    """Bytes of the tensors of a cached descriptor item."""
+    size = item["fine"].numel() * item["fine"].element_size()
+    return size + sum(lv.coarse.numel() * lv.coarse.element_size() for lv in item.get("levels", []))
 
 
 def _cell_centres(idx: torch.Tensor, shape: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
@@ -247,7 +244,7 @@ def _pair_function(
 ) -> Callable[[str, str], dict[str, np.ndarray]]:
     """The function matching one pair of images of ``reader`` (its network loaded if ``needed``)."""
     if isinstance(conf, LightGlueConf):
-        items = ItemCache(reader, device)
+        items = item_cache(reader, device)
         matcher = LightGlueMatcher(conf, str(family), device) if needed else None
 
         def pair(name0: str, name1: str) -> dict[str, np.ndarray]:
