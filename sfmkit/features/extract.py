@@ -28,11 +28,11 @@ from sfmkit.io.images import (
     read_image,
     stored_fingerprints,
 )
-from sfmkit.io.shards import remove_shards, run_sharded
+from sfmkit.io.shards import prepare_shards, run_sharded
 from sfmkit.models.weights import sha256_file
 from sfmkit.utils.config import conf_tag, conf_to_json
 from sfmkit.utils.device import resolve_device
-from sfmkit.utils.executor import LOCAL, ExecutorConf, start_ray
+from sfmkit.utils.executor import LOCAL, ExecutorConf
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
@@ -123,24 +123,25 @@ def extract(
     Images already complete in the output are skipped (resume). Unreadable images are
     logged, skipped and recorded in the file attribute ``skipped`` ({name: reason}); the
     attribute ``last_run`` counts what this call computed, reused and skipped. With the Ray
-    executor the images are extracted by Ray tasks into shards first (:func:`_extract_with_ray`);
-    the file is then the one the local executor writes.
+    executor the images are extracted by Ray tasks into shards (:mod:`sfmkit.io.shards`) merged
+    into the file, which is then the one the local executor writes.
 
     Returns:
         Path of the feature file.
     """
     check_weights(conf)
     path = features_path(conf, out_dir)
-    computed = 0
-    start = time.perf_counter()
-    if executor.kind == "local":
-        remove_shards(path)  # of an interrupted Ray run: a local run does not resume them
-    else:
-        computed = _extract_with_ray(
-            conf, Path(images), path, image_names, overwrite, device, max_pixels, executor
-        )
-        overwrite = False
-    path = extract_items(
+    prepare_shards(path, executor, overwrite)
+    remote = None
+    if executor.kind == "ray":
+        args = (conf, str(Path(images).resolve()), device, max_pixels)
+
+        def remote(todo: list[str], writer: ItemWriter) -> int:
+            return run_sharded(
+                executor, _extract_chunk, args, todo, writer, "features", 1, f"extract {conf.name}"
+            )
+
+    return extract_items(
         path,
         "features",
         conf,
@@ -151,19 +152,8 @@ def extract(
         overwrite=overwrite,
         max_pixels=max_pixels,
         extra_attrs={"extractor": conf.kind},
+        remote=remote,
     )
-    if computed:  # the last pass found the Ray tasks' images done: count them as this run's
-        run = json_attr(path, "last_run", {})
-        run.update(
-            computed=run["computed"] + computed,
-            reused=run["reused"] - computed,
-            seconds=round(time.perf_counter() - start, 3),
-            executor="ray",
-        )
-        identity, extra = weights_identity(conf), {"extractor": conf.kind}
-        with ItemWriter(path, "features", conf_to_json(conf), identity=identity, extra_attrs=extra) as writer:
-            writer.set_attrs(last_run=run)
-    return path
 
 
 #: test hook: a file path; the first Ray task to find it absent creates it and kills its own
@@ -209,41 +199,6 @@ def _extract_chunk(
     return shard, len(names)
 
 
-def _extract_with_ray(
-    conf: FeatureConf,
-    images: Path,
-    path: Path,
-    image_names: Sequence[str] | None,
-    overwrite: bool,
-    device: str,
-    max_pixels: int,
-    executor: ExecutorConf,
-) -> int:
-    """Extract the images not yet in ``path`` as Ray tasks, each into its own shard, merged into
-    ``path`` (:mod:`sfmkit.io.shards`). Returns the images merged."""
-    start_ray(executor)  # before any file is touched
-    make_extractor(conf, resolve_device(device))  # weights that cannot load fail before --overwrite deletes
-    listing = list_images(images, image_names)
-    if overwrite:
-        remove_shards(path)
-    recorded_dir = _recorded_image_dir(path) if not overwrite else None
-    writer = ItemWriter(
-        path,
-        "features",
-        conf_to_json(conf),
-        overwrite=overwrite,
-        identity=weights_identity(conf),
-        extra_attrs={"extractor": conf.kind},
-    )
-    if writer.done:
-        check_fingerprints(stored_fingerprints(path, listing.names), images, path, recorded_dir)
-    todo = [n for n in listing.names if (n,) not in writer.done]
-    if not todo:
-        return 0
-    args = (conf, str(images.resolve()), device, max_pixels)
-    return run_sharded(executor, _extract_chunk, args, todo, writer, "features", 1, f"extract {conf.name}")
-
-
 def extract_items(
     path: Path,
     stage: str,
@@ -256,6 +211,7 @@ def extract_items(
     overwrite: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     extra_attrs: dict[str, Any] | None = None,
+    remote: Callable[[list[str], ItemWriter], int] | None = None,
 ) -> Path:
     """The resumable per-image loop behind every extraction stage (local or global).
 
@@ -265,6 +221,9 @@ def extract_items(
         conf: a frozen config with ``max_size``; stored and compared on reuse.
         make: builds the per-image function (called only when something is left to do).
         label: the progress-bar title.
+        remote: computes items elsewhere first (the Ray executor): given the names to do and the
+            writer, it writes what it can and returns how many; the rest (unreadable images,
+            which it skips) goes through the local loop.
     """
     images = Path(images)
     path = Path(path)
@@ -293,6 +252,9 @@ def extract_items(
     skipped: dict[str, str] = {}
     computed = 0
     start = time.perf_counter()
+    if todo and remote is not None:
+        computed = remote(todo, writer)
+        todo = [n for n in todo if (n,) not in writer.done]
     if todo:
         try:
             if extractor is None:
@@ -328,6 +290,7 @@ def extract_items(
             "reused": reused,
             "skipped": len(skipped),
             "seconds": round(time.perf_counter() - start, 3),
+            **({"executor": "ray"} if remote is not None else {}),
         },
     )
     return path

@@ -18,11 +18,11 @@ import numpy as np
 from sfmkit.errors import ConfigError
 from sfmkit.geometry.multi_homography import HomographySet, RansacParams, multi_homography_ransac
 from sfmkit.io.h5 import H5Reader, ItemWriter, file_reference
-from sfmkit.io.matches import get_pair_matches, inlier_counts, input_features, start_pair_run
+from sfmkit.io.matches import get_pair_matches, inlier_counts, input_features, pair_writer, start_pair_run
 from sfmkit.io.pairs import Pair
-from sfmkit.io.shards import remove_shards, run_sharded
-from sfmkit.utils.config import conf_to_json, derived_path
-from sfmkit.utils.executor import LOCAL, ExecutorConf, start_ray
+from sfmkit.io.shards import prepare_shards, run_sharded
+from sfmkit.utils.config import derived_path
+from sfmkit.utils.executor import LOCAL, ExecutorConf
 from sfmkit.utils.parallel import ordered_map
 from sfmkit.utils.progress import track
 
@@ -152,9 +152,7 @@ def _verify_chunk(conf: VerifyConf, features: str, matches: str, pairs: list, sh
         "features": file_reference(Path(features), Path(shard)),
         "matches": file_reference(Path(matches), Path(shard)),
     }
-    writer = ItemWriter(
-        Path(shard), "verified", conf_to_json(conf), depth=2, identity=identity, flush_every=64
-    )
+    writer = pair_writer(Path(shard), "verified", conf, identity)
     with H5Reader(Path(features), "features") as feats, H5Reader(Path(matches), "matches") as mreader:
         _verify_pairs(conf, feats, mreader, writer.pending([tuple(p) for p in pairs]), writer, 1)
     return shard, len(pairs)
@@ -185,10 +183,7 @@ def verify(
     features = input_features(matches, features)
     path = verified_path(conf, matches, out_dir)
     identity = {"features": file_reference(features, path), "matches": file_reference(matches, path)}
-    if executor.kind == "ray":
-        start_ray(executor)  # before the verified file is touched
-    if overwrite or executor.kind == "local":
-        remove_shards(path)
+    prepare_shards(path, executor, overwrite)
     with H5Reader(features, "features") as feats, H5Reader(matches, "matches") as mreader:
         names = {k[0] for k in feats.items(1)}
         run = start_pair_run(path, "verified", conf, pairs, names, identity=identity, overwrite=overwrite)

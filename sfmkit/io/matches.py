@@ -109,7 +109,15 @@ def start_pair_run(
     other inputs or with another ``conf`` is refused (see :class:`ItemWriter`).
     """
     pair_list = read_pairs(pairs_file, names)  # before --overwrite deletes anything
-    writer = ItemWriter(
+    writer = pair_writer(path, stage, conf, identity, overwrite=overwrite)
+    return PairRun(writer, pair_list, writer.pending(pair_list), time.perf_counter())
+
+
+def pair_writer(
+    path: Path, stage: str, conf: Any, identity: dict[str, str], *, overwrite: bool = False
+) -> ItemWriter:
+    """The writer of a per-pair stage file (or of a Ray task's shard of one): pairs are items
+    of depth 2, made with ``conf`` from the inputs of ``identity``."""
+    return ItemWriter(
         path, stage, conf_to_json(conf), depth=2, overwrite=overwrite, identity=identity, flush_every=64
     )
-    return PairRun(writer, pair_list, writer.pending(pair_list), time.perf_counter())

@@ -78,6 +78,16 @@ def run_sharded(
     return merged
 
 
+def prepare_shards(path: Path, executor: ExecutorConf, overwrite: bool) -> None:
+    """What a stage does before it touches its file ``path``: start Ray for the Ray executor (so
+    that a Ray that cannot start costs nothing), and delete the shards this run will not resume
+    (all of them with ``overwrite`` or the local executor)."""
+    if executor.kind == "ray":
+        start_ray(executor)
+    if overwrite or executor.kind == "local":
+        remove_shards(path)
+
+
 def remove_shards(path: Path) -> None:
     """Delete the shards of stage file ``path`` (and the ``shards`` folder once empty)."""
     folder = shard_folder(path)

@@ -19,17 +19,17 @@ import torch
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.features import feature_kind
 from sfmkit.geometry.multi_homography import RansacParams, ransac_homography
-from sfmkit.io.h5 import H5Reader, ItemWriter, file_reference, read_file_attrs
-from sfmkit.io.matches import start_pair_run
-from sfmkit.io.shards import remove_shards, run_sharded
+from sfmkit.io.h5 import H5Reader, file_reference, read_file_attrs
+from sfmkit.io.matches import pair_writer, start_pair_run
+from sfmkit.io.shards import prepare_shards, run_sharded
 from sfmkit.matching.coarse_to_fine import coarse_to_fine
 from sfmkit.matching.lightglue import LightGlueConf, LightGlueMatcher, item_cache
 from sfmkit.matching.mutual_nn import mutual_nn
 from sfmkit.models.peers import check_lightglue
 from sfmkit.utils.cache import LRUCache
-from sfmkit.utils.config import conf_to_json, derived_path
+from sfmkit.utils.config import derived_path
 from sfmkit.utils.device import resolve_device
-from sfmkit.utils.executor import LOCAL, ExecutorConf, start_ray
+from sfmkit.utils.executor import LOCAL, ExecutorConf
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
@@ -239,6 +239,20 @@ def match_pair(conf: MatchConf, d0: dict, d1: dict, dense: bool) -> dict[str, np
     return {"matches0": matches0, "matching_scores0": scores0, **extra}
 
 
+def check_matcher(conf: AnyMatchConf, kind: type) -> None:
+    """Refuse a matcher that cannot match features of config class ``kind``: LightGlue is trained
+    on the peers' descriptors, coarse-to-fine matching needs the dense grids."""
+    if isinstance(conf, LightGlueConf) and kind.kind != "peer":
+        raise ConfigError(
+            f"LightGlue matches the peer features (--features aliked, disk or xfeat), not {kind.kind}; "
+            "use mnn or mnn-ratio"
+        )
+    if isinstance(conf, MatchConf) and conf.coarse_to_fine and not kind.dense:
+        raise ConfigError(
+            f"matcher {conf.name!r} is coarse-to-fine and needs dense features; use mnn or mnn-ratio"
+        )
+
+
 def _pair_function(
     conf: AnyMatchConf, reader: H5Reader, dense: bool, family: str | None, device: torch.device, needed: bool
 ) -> Callable[[str, str], dict[str, np.ndarray]]:
@@ -267,9 +281,7 @@ def _match_chunk(
     torch.set_num_threads(1)  # one CPU per task
     identity = {"features": file_reference(Path(features), Path(shard))}
     with H5Reader(Path(features), "features") as reader:
-        writer = ItemWriter(
-            Path(shard), "matches", conf_to_json(conf), depth=2, identity=identity, flush_every=64
-        )
+        writer = pair_writer(Path(shard), "matches", conf, identity)
         todo = writer.pending([tuple(p) for p in pairs])
         pair = _pair_function(conf, reader, dense, family, resolve_device(device), bool(todo))
         with writer, torch.inference_mode():
@@ -303,26 +315,14 @@ def match(
             "match the feature file of `sfmkit extract`"
         )
     kind = feature_kind(feat_attrs.get("extractor"))
+    check_matcher(conf, kind)
     dense = kind.dense
     family = None
     if isinstance(conf, LightGlueConf):
         family = (feat_attrs.get("config") or {}).get("model", "").split("-")[0]
-        if kind.kind != "peer":
-            raise ConfigError(
-                f"LightGlue matches the peer features (--features aliked, disk or xfeat), not {kind.kind}; "
-                "use mnn or mnn-ratio"
-            )
-    elif conf.coarse_to_fine and not dense:
-        raise ConfigError(
-            f"matcher {conf.name!r} is coarse-to-fine and needs dense features; use mnn or mnn-ratio"
-        )
-    if family is not None:
         check_lightglue(family)  # the peers extra, before the matches file is created
     path = matches_path(conf, features, out_dir)
-    if executor.kind == "ray":
-        start_ray(executor)  # before the matches file is touched
-    if overwrite or executor.kind == "local":
-        remove_shards(path)
+    prepare_shards(path, executor, overwrite)
     with H5Reader(features, "features") as reader:
         run = start_pair_run(
             path,

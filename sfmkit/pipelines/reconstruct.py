@@ -21,8 +21,7 @@ from sfmkit.io.h5 import json_attr, list_items
 from sfmkit.io.images import DEFAULT_MAX_PIXELS
 from sfmkit.io.pairs import PairsSpec, make_pairs
 from sfmkit.matching import match as match_mod
-from sfmkit.matching.lightglue import LightGlueConf
-from sfmkit.matching.match import AnyMatchConf, MatchConf, match
+from sfmkit.matching.match import AnyMatchConf, match
 from sfmkit.pipelines import checks
 from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images
@@ -57,17 +56,8 @@ class ReconstructConf:
     refine: str | None = None
 
     def __post_init__(self) -> None:
-        matcher = self.matcher
-        if isinstance(matcher, LightGlueConf) and self.features.kind != "peer":
-            raise ConfigError(
-                "--matcher lightglue matches the peer features (aliked, disk, xfeat), "
-                f"not {self.features.name}"
-            )
-        if isinstance(matcher, MatchConf) and matcher.coarse_to_fine and not self.features.dense:
-            raise ConfigError(
-                f"--matcher {matcher.name} is coarse-to-fine and needs dense features, "
-                f"not {self.features.name}"
-            )
+        if self.matcher is not None:  # refused before any extraction
+            match_mod.check_matcher(self.matcher, type(self.features))
         if self.refine is not None and self.refine not in (*REFINE_CHOICES, *refine_mod.CONFS):
             raise ConfigError(
                 f"unknown refinement {self.refine!r}; choose among {[*REFINE_CHOICES, *refine_mod.CONFS]}"
