@@ -345,9 +345,80 @@ def _view_pair_summary(output: Path, conf: Any, stats: dict[str, Any], seconds: 
     finish(output.parent, "build-localize-set", conf, output, seconds, stats, rows)
 
 
+@handle_errors
+def build_pair_set_cmd(
+    labels: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Labels files from 'sfmkit build-gl3d-labels' (one per scene); none with --digits."
+        ),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pair set to write (.h5).")] = Path(
+        "pairs.h5"
+    ),
+    size: Annotated[int, typer.Option("--size", help="Side of the stored (squashed) images.")] = 128,
+    max_positives: Annotated[
+        int, typer.Option("--max-positives", help="Positive pairs kept per scene at most (0: all).")
+    ] = 0,
+    same_scene: Annotated[
+        float, typer.Option("--same-scene", help="Share of negatives drawn inside a scene (zero overlap).")
+    ] = 0.5,
+    digits: Annotated[
+        int, typer.Option("--digits", help="Instead of labels: this many pairs of the digits protocol.")
+    ] = 0,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source", help="Digits: glyphs (fonts matplotlib bundles) or fashion (Debian's Fashion-MNIST)."
+        ),
+    ] = "glyphs",
+    split: Annotated[
+        str, typer.Option("--split", help="Digits: train or test (disjoint fonts / Fashion-MNIST files).")
+    ] = "train",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Same / different image pairs with their shared regions, for GetNet (train pair-verify)."""
+    from sfmkit.io.pairsets import write_pair_set
+
+    if output.suffix != ".h5":
+        raise SfmkitError(f"the pair set must end in .h5, got {output}")
+    start = time.perf_counter()
+    if digits:
+        from sfmkit.synth.digits import digits_pair_set
+
+        if labels:
+            raise SfmkitError("give either labels files or --digits, not both")
+        conf: Any = {"digits": digits, "source": source, "split": split, "seed": seed, "size": 60}
+        data = digits_pair_set(digits, source=source, split=split, seed=seed)
+        kind = "digits"
+    else:
+        from sfmkit.labels.pairs import ScenePairConf, scene_pair_set
+
+        if not labels:
+            raise SfmkitError("give labels files (from 'sfmkit build-gl3d-labels') or --digits N")
+        missing = [p for p in labels if not p.is_file()]
+        if missing:
+            raise SfmkitError(
+                f"labels file {missing[0]} does not exist; make it with 'sfmkit build-gl3d-labels'"
+            )
+        conf = ScenePairConf(
+            size=size, max_positives=max_positives, same_scene_negatives=same_scene, seed=seed
+        )
+        data = scene_pair_set(labels, conf)
+        kind = "labels"
+    from sfmkit.utils.config import conf_to_dict
+
+    config = conf if isinstance(conf, dict) else conf_to_dict(conf)
+    write_pair_set(output, data, {**config, "labels": [str(p) for p in labels or []]}, kind)
+    counts = {"images": len(data.images), "pairs": len(data), "same": int(data.same.sum())}
+    rows = [(k, v) for k, v in counts.items()]
+    finish(output.parent, "build-pair-set", config, output, time.perf_counter() - start, counts, rows)
+
+
 def register(app: typer.Typer) -> None:
     app.command("synth")(synth_cmd)
     app.command("make-night")(make_night_cmd)
     app.command("build-gl3d-labels")(labels_cmd)
     app.command("build-patches")(build_patches_cmd)
     app.command("build-localize-set")(build_localize_set_cmd)
+    app.command("build-pair-set")(build_pair_set_cmd)

@@ -236,10 +236,44 @@ def evaluate_localize_cmd(
     summary_table("evaluate localize", [*rows, ("time", f"{seconds:.1f} s")])
 
 
+@handle_errors
+def evaluate_pairs_cmd(
+    sets: Annotated[list[Path], typer.Argument(help="Held-out pair sets from 'sfmkit build-pair-set'.")],
+    model: Annotated[
+        list[Path],
+        typer.Option(
+            "--model", help="Model files ('sfmkit train pair-verify'); repeat for seeds and variants."
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("eval_pairs"),
+) -> None:
+    """Pair verification: accuracy, ROC-AUC and region IoU against the mask boxes, per variant
+    (GetNet, GetNet trained jointly, plain Siamese), mean and spread over seeds."""
+    from sfmkit.eval.pairs import evaluate_pairs
+
+    start = time.perf_counter()
+    results = evaluate_pairs(sets, model, output)
+    seconds = time.perf_counter() - start
+    write_report(
+        output,
+        "evaluate pairs",
+        results=output / "results.json",
+        seconds=round(seconds, 1),
+        peak_memory_mb=round(peak_rss_mb(), 1),
+    )
+    console.print((output / "results.md").read_text(), markup=False, highlight=False)
+    rows = [
+        (f"{v} accuracy / AUC", f"{100 * r['accuracy']:.1f}% / {r['auc']:.3f}")
+        for v, r in results["summary"].items()
+    ]
+    summary_table("evaluate pairs", [("pairs", results["pairs"]), *rows, ("time", f"{seconds:.1f} s")])
+
+
 def register(app: typer.Typer) -> None:
     evaluate_app.command("strecha")(strecha_cmd)
     evaluate_app.command("aachen")(aachen_cmd)
     evaluate_app.command("retrieval")(evaluate_retrieval_cmd)
     evaluate_app.command("patches")(evaluate_patches_cmd)
     evaluate_app.command("localize")(evaluate_localize_cmd)
+    evaluate_app.command("pairs")(evaluate_pairs_cmd)
     app.add_typer(evaluate_app, name="evaluate")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from sfmkit import __version__
-from sfmkit.cli import datasets, evaluate, localize, reconstruct, stages, train
+from sfmkit.cli import datasets, evaluate, localize, pairs, reconstruct, stages, train
 from sfmkit.cli.common import is_tty, setup_logging
 from sfmkit.utils import progress
 
@@ -47,6 +47,7 @@ reconstruct.register(app)
 datasets.register(app)
 train.register(app)
 localize.register(app)
+pairs.register(app)
 evaluate.register(app)
 
 

@@ -45,6 +45,7 @@ from sfmkit.cli.common import (
 from sfmkit.io.images import DEFAULT_MAX_PIXELS
 from sfmkit.matching import match as match_mod
 from sfmkit.pipelines.reconstruct import REFINE_CHOICES, ReconstructConf, reconstruct
+from sfmkit.retrieval.pair_filter import PairFilterConf
 
 RefineChoice = choices("RefineChoice", REFINE_CHOICES)
 MatcherChoice = choices("MatcherChoice", match_mod.CONFS)
@@ -83,6 +84,19 @@ def reconstruct_cmd(
     best_pairs: Annotated[
         int | None, typer.Option("--best-pairs", help="Keep each image's N pairs with most inliers.")
     ] = None,
+    pair_filter: Annotated[
+        str | None,
+        typer.Option(
+            "--pair-filter",
+            help="Drop pairs before matching: getnet (the model's threshold) or getnet:SCORE (0-1).",
+        ),
+    ] = None,
+    pair_filter_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--pair-filter-model", help="GetNet model for --pair-filter (default: the shipped one)."
+        ),
+    ] = None,
     refine: Annotated[
         RefineChoice | None,
         typer.Option(
@@ -113,6 +127,9 @@ def reconstruct_cmd(
         pairs=pairs,
         best_pairs=best_pairs,
         refine=None if refine is None else refine.value,
+        pair_filter=None
+        if pair_filter is None
+        else PairFilterConf.parse(pair_filter, None if pair_filter_model is None else str(pair_filter_model)),
         mapping=map_conf(
             camera_mode.value, camera_model, intrinsics, refine_intrinsics, num_threads, mapper.value
         ),

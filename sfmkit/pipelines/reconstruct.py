@@ -1,6 +1,7 @@
-"""``reconstruct``: extract -> pairs (or retrieve) -> match -> verify -> refine -> map, with
-timings and a report. ``pairs="retrieval:K"`` matches each image with its K nearest images by global
-descriptor (:mod:`sfmkit.pipelines.retrieve`) instead of every pair."""
+"""``reconstruct``: extract -> pairs (or retrieve) -> [filter] -> match -> verify -> refine -> map,
+with timings and a report. ``pairs="retrieval:K"`` matches each image with its K nearest images by
+global descriptor (:mod:`sfmkit.pipelines.retrieve`) instead of every pair; ``pair_filter`` drops
+the pairs GetNet calls different before matching (:mod:`sfmkit.retrieval.pair_filter`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images
 from sfmkit.refinement import refine as refine_mod
 from sfmkit.refinement.refine import RefineConf, refine
+from sfmkit.retrieval.pair_filter import PairFilterConf, filter_pairs, load_verifier
 from sfmkit.retrieval.search import SearchConf
 from sfmkit.utils.config import conf_to_dict
 from sfmkit.utils.executor import LOCAL, ExecutorConf
@@ -54,6 +56,7 @@ class ReconstructConf:
     pairs: str = "exhaustive"
     best_pairs: int | None = None
     refine: str | None = None
+    pair_filter: PairFilterConf | None = None
 
     def __post_init__(self) -> None:
         if self.matcher is not None:  # refused before any extraction
@@ -118,6 +121,8 @@ def preflight(
     checks.check_camera(conf.mapping.camera)
     checks.check_device(device)
     check_weights(conf.features)
+    if conf.pair_filter is not None:
+        load_verifier(conf.pair_filter.model, "cpu")  # the model exists and loads
     checks.check_output(out_dir)
     checks.check_same_options(out_dir, "reconstruct", run_config(conf), overwrite=overwrite)
     return spec, listing.names
@@ -214,6 +219,11 @@ def _run_stages(
     else:
         with timer.stage("pairs"):
             pairs = make_pairs(spec, names, out_dir)
+    if conf.pair_filter is not None:
+        with timer.stage("filter"):
+            filtered = filter_pairs(conf.pair_filter, images, pairs, out_dir, device=device)
+        pairs = filtered.kept
+        counts["filter"] = filtered.counts
     with timer.stage("match"):
         matches = match(matcher, feats, pairs, out_dir, overwrite=overwrite, device=device, executor=executor)
     counts["match"] = json_attr(matches, "last_run")

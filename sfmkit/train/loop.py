@@ -51,11 +51,14 @@ def run_loop(
     identity: dict[str, Any],
     checkpoint_every: int = 100,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    before_step: Callable[[int], None] | None = None,
 ) -> LoopState:
     """Run ``step_fn`` (returns the loss to minimise and values to log) until ``steps``.
 
     ``net``'s state dict is what the checkpoint keeps (pass a ``ModuleDict`` of the trained
-    layers when the rest is frozen); ``scheduler``, when given, steps after the optimiser.
+    layers when the rest is frozen); ``scheduler``, when given, steps after the optimiser;
+    ``before_step``, when given, is called with the index of every step before it runs (also
+    after a resume), e.g. to switch what a phase of training freezes.
     """
     state = LoopState()
     try:
@@ -99,6 +102,8 @@ def run_loop(
     net.train()
     with progress_bar(label, steps, completed=state.step) as shown:
         while state.step < steps:
+            if before_step is not None:
+                before_step(state.step)
             loss, parts = step_fn(rng)
             optimiser.zero_grad()
             loss.backward()
@@ -134,6 +139,7 @@ def run_training(
     output: Path,
     *,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    before_step: Callable[[int], None] | None = None,
     **identity: Any,
 ) -> LoopState:
     """:func:`run_loop` as the ``sfmkit train`` commands use it: ``conf`` (a dataclass with
@@ -153,6 +159,7 @@ def run_training(
         identity={"conf": conf_to_json(same), "data": data_identity(data_files), **identity},
         checkpoint_every=conf.checkpoint_every,
         scheduler=scheduler,
+        before_step=before_step,
     )
 
 

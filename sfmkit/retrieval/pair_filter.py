@@ -1,0 +1,203 @@
+"""GetNet as a pair filter: score image pairs with a trained pair verifier and drop the ones
+it calls different before matching (``sfmkit filter-pairs``, ``reconstruct --pair-filter``),
+and the two-image check behind ``sfmkit pair-verify``.
+
+The score of a pair is ``1 / (1 + exp((d - t) / tau))``, a number in (0, 1) that is above 0.5
+exactly when the distance ``d`` of the two embeddings is below the model's threshold ``t``
+(``tau`` = :data:`SCORE_TEMPERATURE`). A filter threshold other than the model's is given on
+the same 0-1 score scale (``getnet:0.3`` keeps pairs scoring at least 0.3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.io.pairs import read_pairs, write_pairs
+from sfmkit.io.pairsets import load_square
+from sfmkit.models.getnet import GetNet, load_getnet, regions, to_input
+from sfmkit.utils.device import resolve_device
+from sfmkit.utils.files import write_text_atomic
+from sfmkit.utils.progress import track
+
+logger = logging.getLogger(__name__)
+
+#: The GetNet model shipped with sfmkit (``sfmkit train pair-verify``; see its card).
+SHIPPED_GETNET = Path(__file__).resolve().parents[1] / "models" / "data" / "getnet-scenes.pt"
+SCORE_TEMPERATURE = 0.05
+FILTERS = ("getnet",)
+
+
+@dataclass(frozen=True)
+class PairFilterConf:
+    """A pair filter: ``getnet`` or ``getnet:THRESHOLD`` (a score in (0, 1); default 0.5, the
+    model's own threshold), with an optional model file (default: the shipped one)."""
+
+    kind: str = "getnet"
+    threshold: float = 0.5
+    model: str | None = None
+    batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in FILTERS:
+            raise ConfigError(f"unknown pair filter {self.kind!r}; choose one of {list(FILTERS)}")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"the pair-filter threshold is a score in (0, 1), got {self.threshold}")
+
+    @classmethod
+    def parse(cls, spec: str, model: str | None = None) -> PairFilterConf:
+        """``getnet`` or ``getnet:0.3``."""
+        kind, _, value = spec.partition(":")
+        try:
+            threshold = float(value) if value else 0.5
+        except ValueError:
+            raise ConfigError(f"--pair-filter must look like getnet or getnet:0.3, got {spec!r}") from None
+        return cls(kind=kind, threshold=threshold, model=model)
+
+
+def load_verifier(model: str | Path | None, device: str = "auto") -> tuple[GetNet, dict[str, Any], Path]:
+    """The model file (default: the shipped one) on ``device``."""
+    path = SHIPPED_GETNET if model is None else Path(model)
+    if not path.is_file():
+        if model is None:
+            raise SfmkitError(
+                "this sfmkit has no trained GetNet model: train one with 'sfmkit train pair-verify' "
+                "and pass it with --model"
+            )
+        raise SfmkitError(f"GetNet model {path} does not exist ('sfmkit train pair-verify' makes one)")
+    net, card = load_getnet(path)
+    return net.to(resolve_device(device)), card, path
+
+
+def score(distance: np.ndarray, threshold: float) -> np.ndarray:
+    """Distances -> scores in (0, 1), 0.5 at the model's threshold."""
+    z = np.clip((np.asarray(distance, np.float64) - threshold) / SCORE_TEMPERATURE, -60, 60)
+    return 1.0 / (1.0 + np.exp(z))
+
+
+@dataclass
+class PairCheck:
+    """What the verifier says of one pair; regions in pixels of each full-resolution image."""
+
+    score: float
+    same: bool
+    distance: float
+    region_a: list[float]
+    region_b: list[float]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "same": self.same,
+            "distance": self.distance,
+            "region_a": self.region_a,
+            "region_b": self.region_b,
+        }
+
+
+def _pixels(box: np.ndarray, size: tuple[int, int]) -> list[float]:
+    w, h = size
+    return [round(float(v), 1) for v in box * np.array([w, h, w, h])]
+
+
+def check_pairs(
+    net: GetNet,
+    card: dict[str, Any],
+    images: dict[str, tuple[np.ndarray, tuple[int, int]]],
+    pairs: list[tuple[str, str]],
+    threshold: float = 0.5,
+    batch: int = 64,
+) -> list[PairCheck]:
+    """Score ``pairs`` of images already loaded by :func:`load_square` (name -> (array, size))."""
+    dev = next(net.parameters()).device
+    out: list[PairCheck] = []
+    starts = range(0, len(pairs), batch)
+    with torch.inference_mode():
+        for k in track(starts, "pair-verify", total=len(starts)) if len(pairs) > batch else starts:
+            chunk = pairs[k : k + batch]
+            a = to_input(np.stack([images[p[0]][0] for p in chunk]), dev)
+            b = to_input(np.stack([images[p[1]][0] for p in chunk]), dev)
+            res = net(a, b)
+            d = res["distance"].cpu().numpy()
+            s = score(d, card["threshold"])
+            ra, rb = regions(res["ta"]), regions(res["tb"])
+            for n, (name_a, name_b) in enumerate(chunk):
+                out.append(
+                    PairCheck(
+                        float(s[n]),
+                        bool(s[n] >= threshold),
+                        float(d[n]),
+                        _pixels(ra[n], images[name_a][1]),
+                        _pixels(rb[n], images[name_b][1]),
+                    )
+                )
+    return out
+
+
+def load_images(
+    folder: Path, names: list[str], size: int, channels: int
+) -> dict[str, tuple[np.ndarray, tuple[int, int]]]:
+    """Every named image as the verifier sees it (grey when the model takes one channel)."""
+    loaded = {}
+    for name in track(names, "images"):
+        square, full = load_square(Path(folder) / name, size)
+        if channels == 1:
+            square = np.round(square.astype(np.float32).mean(axis=0, keepdims=True)).astype(np.uint8)
+        loaded[name] = (square, full)
+    return loaded
+
+
+@dataclass
+class FilterResult:
+    kept: Path
+    record: Path
+    counts: dict[str, int]
+    seconds: float
+    scores: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+def filter_pairs(
+    conf: PairFilterConf, images: Path, pairs_path: Path, out_dir: Path, *, device: str = "auto"
+) -> FilterResult:
+    """Write ``pairs-filtered-<kind>.txt`` (kept pairs) and ``pair-filter.json`` (every pair's
+    score and the decision) in ``out_dir``."""
+    start = time.perf_counter()
+    pairs = read_pairs(Path(pairs_path))
+    net, card, model = load_verifier(conf.model, device)
+    names = sorted({n for p in pairs for n in p})
+    loaded = load_images(Path(images), names, net.conf.size, net.conf.channels)
+    checks = check_pairs(net, card, loaded, pairs, conf.threshold, conf.batch)
+    kept = [p for p, c in zip(pairs, checks, strict=True) if c.same]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = conf.kind if conf.threshold == 0.5 else f"{conf.kind}-{conf.threshold:g}"
+    kept_path = write_pairs(out_dir / f"pairs-filtered-{tag}.txt", kept)
+    record = {
+        "model": str(model),
+        "threshold": conf.threshold,
+        "input": str(pairs_path),
+        "kept": len(kept),
+        "dropped": len(pairs) - len(kept),
+        "pairs": [
+            {"a": a, "b": b, "score": round(c.score, 4), "kept": c.same}
+            for (a, b), c in zip(pairs, checks, strict=True)
+        ],
+    }
+    record_path = write_text_atomic(out_dir / f"pair-filter-{tag}.json", json.dumps(record, indent=1))
+    counts = {"pairs": len(pairs), "kept": len(kept), "dropped": len(pairs) - len(kept)}
+    logger.info("pair filter %s: kept %d of %d pairs", tag, len(kept), len(pairs))
+    return FilterResult(
+        kept_path,
+        record_path,
+        counts,
+        time.perf_counter() - start,
+        {p: c.score for p, c in zip(pairs, checks, strict=True)},
+    )
