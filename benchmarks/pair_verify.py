@@ -13,6 +13,10 @@ Protocols:
   from the exact mesh; training seeds 100.., test seeds 21.. (never trained on);
   ``build-pair-set`` at ``--size``.
 
+- ``real`` (``--real IMAGES...``, evaluation only, with the ``scenes`` models): each real image
+  folder is reconstructed by ``sfmkit reconstruct``, labelled by ``build-gl3d-labels
+  --mesh-from-model``, and all of them make one pair set (negatives across the folders).
+
 Prints one JSON line per model and the markdown table of ``evaluate pairs`` per protocol.
 """
 
@@ -29,6 +33,8 @@ VARIANTS = {
     "getnet": ["--stn", "--alternate", "200"],
     "getnet-joint": ["--stn", "--alternate", "0"],
     "getnet-unguided": ["--stn", "--alternate", "200", "--region-weight", "0"],
+    "getnet-stack": ["--stn", "--alternate", "200", "--pairing", "stack"],
+    "getnet-correlation": ["--stn", "--alternate", "200", "--pairing", "correlation"],
     "siamese": ["--no-stn"],
 }
 KINDS = ("orbit", "facade", "aerial")
@@ -86,12 +92,42 @@ def data(args: argparse.Namespace, protocol: str) -> tuple[Path, Path, str]:
     return train, test, "scenes"
 
 
+def real_set(args: argparse.Namespace) -> Path:
+    out = args.output / "real"
+    labels = []
+    for images in args.real:
+        name = images.parent.name if images.name in ("images", "mapping") else images.name
+        work = out / name
+        if not (work / "sfm" / "images.bin").is_file():
+            run("reconstruct", images, "-o", work)
+        if not (work / "labels.h5").is_file():
+            run(
+                "build-gl3d-labels",
+                work / "sfm",
+                "--mesh-from-model",
+                "--images",
+                images,
+                "-o",
+                work / "labels.h5",
+                "--plot-pairs",
+                0,
+            )
+        labels.append(work / "labels.h5")
+    test = out / "test.h5"
+    if not test.is_file():
+        run("build-pair-set", *labels, "-o", test, "--size", args.size, "--seed", 1)
+    return test
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_out/pairs"))
-    parser.add_argument("--protocol", nargs="+", default=["digits", "scenes"], choices=["digits", "scenes"])
+    parser.add_argument(
+        "--protocol", nargs="+", default=["digits", "scenes"], choices=["digits", "scenes", "real"]
+    )
+    parser.add_argument("--real", nargs="+", type=Path, default=[], help="real image folders (protocol real)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["getnet", "siamese"], choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=1200)
@@ -104,11 +140,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="pair-set image side for the scenes")
     args = parser.parse_args()
     for protocol in args.protocol:
-        train, test, arch = data(args, protocol)
+        if protocol == "real":  # the scene models, on real pairs
+            train, _, arch = data(args, "scenes")
+            test = real_set(args)
+        else:
+            train, test, arch = data(args, protocol)
+        trained = "scenes" if protocol == "real" else protocol
         models = []
         for variant in args.variants:
             for seed in args.seeds:
-                model = args.output / protocol / f"{variant}-s{seed}.pt"
+                model = args.output / trained / f"{variant}-s{seed}.pt"
                 if not model.is_file():
                     run(
                         "train",

@@ -177,3 +177,15 @@ def test_pair_verify_filter_and_evaluate_commands(cli, digit_sets, tmp_path):
     assert r.exit_code == 2 and "pair set" in r.output
     r = cli("evaluate", "pairs", test, "--model", folder / "0.png", "-o", tmp_path / "e3")
     assert r.exit_code == 2 and "0.png" in r.output
+
+
+def test_reconstruct_refuses_a_bad_pair_filter_before_any_stage(cli, image_folder, tmp_path):
+    out = tmp_path / "out"
+    r = cli("reconstruct", image_folder, "-o", out, "--pair-filter", "bogus")
+    assert r.exit_code == 2 and "pair filter" in r.output
+    r = cli("reconstruct", image_folder, "-o", out, "--pair-filter", "getnet:2")
+    assert r.exit_code == 2 and "threshold" in r.output
+    missing = tmp_path / "none.pt"
+    r = cli("reconstruct", image_folder, "-o", out, "--pair-filter", "getnet", "--pair-filter-model", missing)
+    assert r.exit_code == 2 and "none.pt" in r.output
+    assert not list(out.glob("features-*.h5")) if out.exists() else True

@@ -256,6 +256,10 @@ def train_pair_verify_cmd(
     sets: Annotated[list[Path], typer.Argument(help="Pair sets from 'sfmkit build-pair-set'.")],
     output: ModelOut = Path("getnet.pt"),
     arch: Annotated[str, typer.Option("--arch", help="Network preset: scenes or digits.")] = "scenes",
+    pairing: Annotated[
+        str | None,
+        typer.Option("--pairing", help="How the transformer sees the other image: stack or correlation."),
+    ] = None,
     stn: Annotated[
         bool, typer.Option("--stn/--no-stn", help="GetNet, or the plain Siamese baseline (same budget).")
     ] = True,
@@ -285,6 +289,7 @@ def train_pair_verify_cmd(
     _check_output(output)
     conf = TrainPairConf(
         arch=arch,
+        pairing=pairing,
         stn=stn,
         alternate=alternate,
         margin=margin,

@@ -60,6 +60,9 @@ class GetNetArch:
         siamese: output channels of the Siamese convolution blocks (each conv, BN, ReLU, 2x2 pool).
         embedding: size of the unit embedding.
         localisation: output channels of the localisation network's blocks.
+        pairing: how the localisation network sees the other image: ``stack`` (channels) or
+            ``correlation`` (a map of where the other image's features appear; see
+            :class:`Localisation`).
         stn: with the spatial transformer (GetNet), or without (the plain Siamese baseline).
     """
 
@@ -69,11 +72,14 @@ class GetNetArch:
     siamese: tuple[int, ...] = (32, 64, 128, 128)
     embedding: int = 64
     localisation: tuple[int, ...] = (16, 32, 64)
+    pairing: str = "stack"
     stn: bool = True
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ConfigError(f"GetNet takes 1 or 3 channels, got {self.channels}")
+        if self.pairing not in ("stack", "correlation"):
+            raise ConfigError(f"GetNet pairing is stack or correlation, got {self.pairing!r}")
         if not self.siamese or not self.localisation or self.embedding < 1:
             raise ConfigError("GetNet needs at least one Siamese and one localisation block")
         if self.crop < 2 ** len(self.siamese) or self.size < 2 ** len(self.localisation):
@@ -86,7 +92,7 @@ class GetNetArch:
 #: Presets: ``digits`` for the 60x60 digits protocol, ``scenes`` for photos.
 ARCHS = {
     "digits": GetNetArch(channels=1, size=60, crop=32, siamese=(32, 64, 64), embedding=32),
-    "scenes": GetNetArch(),
+    "scenes": GetNetArch(crop=64, siamese=(16, 32, 64, 64), embedding=64, localisation=(8, 16, 32)),
 }
 
 
@@ -116,15 +122,31 @@ def _blocks(cin: int, widths: tuple[int, ...]) -> nn.Sequential:
 
 
 class Localisation(nn.Module):
-    """The spatial transformer's localisation network: (own image, other image) -> (s, t_x, t_y)."""
+    """The spatial transformer's localisation network: (own image, other image) -> (s, t_x, t_y).
+
+    ``pairing="stack"``: one CNN over the two images stacked as channels. ``"correlation"``: one
+    CNN over each image (shared weights); every cell of the image's map gets the best cosine
+    similarity to any cell of the other's map, a map of where the other image's content
+    appears; that map and the features go through one more convolution.
+    """
 
     def __init__(self, arch: GetNetArch) -> None:
         super().__init__()
-        self.features = _blocks(2 * arch.channels, arch.localisation)
+        self.pairing = arch.pairing
+        width = arch.localisation[-1]
+        if arch.pairing == "stack":
+            self.features = _blocks(2 * arch.channels, arch.localisation)
+        else:
+            self.features = _blocks(arch.channels, arch.localisation)
+            self.mix = nn.Sequential(
+                nn.Conv2d(width + 2, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            )
         cells = LOCALISATION_GRID**2
         self.fc = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(arch.localisation[-1] * cells, 64),
+            nn.Linear(width * cells, 64),
             nn.ReLU(inplace=True),
             nn.Linear(64, 3),
         )
@@ -133,7 +155,17 @@ class Localisation(nn.Module):
             self.fc[-1].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
 
     def forward(self, image: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        x = self.features(torch.cat([image, other], dim=1))
+        if self.pairing == "stack":
+            x = self.features(torch.cat([image, other], dim=1))
+        else:
+            x = self.features(image)
+            fa = F.normalize(x.flatten(2), dim=1)  # (n, c, hw)
+            fb = F.normalize(self.features(other).flatten(2), dim=1)
+            sim = torch.einsum("nci,ncj->nij", fa, fb)  # (n, hw_a, hw_b)
+            h, w = x.shape[-2:]
+            best = sim.max(dim=2).values.view(-1, 1, h, w)
+            mean = sim.mean(dim=2).view(-1, 1, h, w)
+            x = self.mix(torch.cat([x, best, mean], dim=1))
         return self.fc(F.adaptive_avg_pool2d(x, LOCALISATION_GRID))
 
 

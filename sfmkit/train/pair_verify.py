@@ -44,6 +44,8 @@ class TrainPairConf:
     Attributes:
         arch: network preset (:data:`sfmkit.models.getnet.ARCHS`); channels and input size
             follow the data.
+        pairing: how the localisation network sees the other image (``stack`` or
+            ``correlation``; None: the preset's).
         stn: GetNet (True) or the plain Siamese baseline (False).
         alternate: steps per phase of alternating training; 0: joint training.
         margin: margin of the contrastive loss (distances of unit vectors, in [0, 2]).
@@ -57,6 +59,7 @@ class TrainPairConf:
     """
 
     arch: str = "scenes"
+    pairing: str | None = None
     stn: bool = True
     alternate: int = 200
     margin: float = 1.0
@@ -70,7 +73,7 @@ class TrainPairConf:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        arch_from(self.arch)
+        arch_from(self.arch, **({"pairing": self.pairing} if self.pairing else {}))
         if self.batch < 2 or self.steps < 0 or self.lr <= 0 or self.alternate < 0:
             raise ConfigError("train pair-verify needs batch >= 2, steps >= 0, lr > 0, alternate >= 0")
         if not 0 < self.margin <= 2 or self.stn_lr <= 0 or self.region_weight < 0:
@@ -78,11 +81,12 @@ class TrainPairConf:
 
     @property
     def variant(self) -> str:
-        """``siamese``, ``getnet`` (alternating) or ``getnet-joint``; ``-unguided`` when the
-        transformer learns from the contrastive loss alone."""
+        """``siamese``, ``getnet`` (alternating) or ``getnet-joint``; then the pairing when one is
+        named, and ``-unguided`` when the transformer learns from the contrastive loss alone."""
         if not self.stn:
             return "siamese"
         name = "getnet" if self.alternate else "getnet-joint"
+        name = f"{name}-{self.pairing}" if self.pairing else name
         return name if self.region_weight else f"{name}-unguided"
 
 
@@ -177,7 +181,8 @@ def train_pair_verify(
 ) -> dict[str, Any]:
     """Train, calibrate the threshold, write the model file and its card; return the card."""
     data = merge_pair_sets([read_pair_set(p) for p in set_files])
-    arch = arch_from(conf.arch, stn=conf.stn, channels=data.channels, size=data.size)
+    pairing = {"pairing": conf.pairing} if conf.pairing else {}
+    arch = arch_from(conf.arch, stn=conf.stn, channels=data.channels, size=data.size, **pairing)
     if arch.crop > data.size:
         arch = arch_from(arch, crop=data.size)
     start, dev = start_training(conf, device)
