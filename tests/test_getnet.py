@@ -57,8 +57,9 @@ def test_phases_alternate_whole_network_first():
     assert {phase_at(k, TrainPairConf(stn=False)) for k in range(500)} == {"all"}
 
 
-def _parts(net: GetNet) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    state = {k: v.clone() for k, v in net.state_dict().items()}
+def _parts(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Siamese and localisation entries of the float32 state a training checkpoint holds."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["net"]
     return (
         {k: v for k, v in state.items() if k.startswith("siamese.")},
         {k: v for k, v in state.items() if k.startswith("localisation.")},
@@ -74,11 +75,11 @@ def test_alternating_training_freezes_the_siamese_network(digit_sets, tmp_path):
     out = tmp_path / "g.pt"
     base = {"arch": "digits", "alternate": 2, "batch": 8, "checkpoint_every": 1, "lr": 1e-2}
     train_pair_verify([train], out, TrainPairConf(steps=2, **base), device="cpu")
-    s2, l2 = _parts(load_getnet(out)[0])
+    s2, l2 = _parts(out.with_suffix(".ckpt"))
     train_pair_verify([train], out, TrainPairConf(steps=4, **base), device="cpu")
-    s4, l4 = _parts(load_getnet(out)[0])
+    s4, l4 = _parts(out.with_suffix(".ckpt"))
     train_pair_verify([train], out, TrainPairConf(steps=6, **base), device="cpu")
-    s6, _ = _parts(load_getnet(out)[0])
+    s6, _ = _parts(out.with_suffix(".ckpt"))
     assert all(torch.equal(s2[k], s4[k]) for k in s2), "the frozen phase changed the Siamese network"
     assert any(not torch.equal(l2[k], l4[k]) for k in l2), "the transformer did not train"
     assert any(not torch.equal(s4[k], s6[k]) for k in s4), "the whole-network phase left the Siamese alone"
@@ -109,6 +110,9 @@ def test_threshold_and_auc_helpers():
     assert 0.3 < t < 0.9 and acc == 1.0
     assert roc_auc(-d, same) == 1.0 and roc_auc(d, same) == 0.0
     assert roc_auc(np.zeros(6), same) == 0.5
+    # ties: no threshold separates equal distances, so the cut goes around the tied run
+    t, acc = best_threshold(np.array([0.1, 0.5, 0.5, 0.9]), np.array([1, 1, 0, 0]))
+    assert acc == 0.75 and ((np.array([0.1, 0.5, 0.5, 0.9]) < t) == [1, 1, 0, 0]).mean() == acc
 
 
 def test_scene_pair_set_from_rendered_labels(cli, tmp_path):
@@ -164,6 +168,19 @@ def test_pair_verify_filter_and_evaluate_commands(cli, digit_sets, tmp_path):
     assert r.exit_code == 0, r.output
     record = json.loads((tmp_path / "fp" / "pair-filter-getnet.json").read_text())
     assert record["kept"] + record["dropped"] == 3 and len(record["pairs"]) == 3
+    # the same model, pairs and threshold: the record is reused (not rewritten)
+    stamp = (tmp_path / "fp" / "pair-filter-getnet.json").stat().st_mtime_ns
+    r = cli("filter-pairs", folder / "pairs.txt", folder, "--model", model, "-o", tmp_path / "fp")
+    assert r.exit_code == 0 and (tmp_path / "fp" / "pair-filter-getnet.json").stat().st_mtime_ns == stamp
+    # a model whose threshold no distance is below drops every pair: a clear error, not an empty file
+    payload = torch.load(model, weights_only=True)
+    payload["card"]["threshold"] = -1.0
+    torch.save(payload, tmp_path / "never.pt")
+    r = cli(
+        "filter-pairs", folder / "pairs.txt", folder, "--model", tmp_path / "never.pt", "-o", tmp_path / "f2"
+    )
+    assert r.exit_code == 2 and "dropped all 3 pairs" in r.output
+    assert not (tmp_path / "f2" / "pairs-filtered-getnet.txt").exists()
 
     # bad inputs: a missing image, a file that is not an image, a bad threshold, not a pair set
     r = cli("pair-verify", folder / "0.png", folder / "nope.png", "--model", model, "-o", tmp_path / "e1")
@@ -188,4 +205,6 @@ def test_reconstruct_refuses_a_bad_pair_filter_before_any_stage(cli, image_folde
     missing = tmp_path / "none.pt"
     r = cli("reconstruct", image_folder, "-o", out, "--pair-filter", "getnet", "--pair-filter-model", missing)
     assert r.exit_code == 2 and "none.pt" in r.output
+    r = cli("reconstruct", image_folder, "-o", out, "--pair-filter-model", missing)
+    assert r.exit_code == 2 and "--pair-filter" in r.output
     assert not list(out.glob("features-*.h5")) if out.exists() else True

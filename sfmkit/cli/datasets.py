@@ -356,7 +356,9 @@ def build_pair_set_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Pair set to write (.h5).")] = Path(
         "pairs.h5"
     ),
-    size: Annotated[int, typer.Option("--size", help="Side of the stored (squashed) images.")] = 128,
+    size: Annotated[
+        int, typer.Option("--size", help="Side of the stored (squashed) images (digits: 60 unless given).")
+    ] = 128,
     max_positives: Annotated[
         int, typer.Option("--max-positives", help="Positive pairs kept per scene at most (0: all).")
     ] = 0,
@@ -388,8 +390,9 @@ def build_pair_set_cmd(
 
         if labels:
             raise SfmkitError("give either labels files or --digits, not both")
-        conf: Any = {"digits": digits, "source": source, "split": split, "seed": seed, "size": 60}
-        data = digits_pair_set(digits, source=source, split=split, seed=seed)
+        side = 60 if size == 128 else size  # the paper's 60 x 60 unless --size is given
+        conf: Any = {"digits": digits, "source": source, "split": split, "seed": seed, "size": side}
+        data = digits_pair_set(digits, source=source, split=split, seed=seed, size=side)
         kind = "digits"
     else:
         from sfmkit.labels.pairs import ScenePairConf, scene_pair_set

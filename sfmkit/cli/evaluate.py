@@ -257,6 +257,7 @@ def evaluate_pairs_cmd(
     write_report(
         output,
         "evaluate pairs",
+        config={"sets": [str(p) for p in sets], "models": [str(m) for m in model]},
         results=output / "results.json",
         seconds=round(seconds, 1),
         peak_memory_mb=round(peak_rss_mb(), 1),

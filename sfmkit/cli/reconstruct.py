@@ -42,6 +42,7 @@ from sfmkit.cli.common import (
     summary_table,
     timings_rows,
 )
+from sfmkit.errors import SfmkitError
 from sfmkit.io.images import DEFAULT_MAX_PIXELS
 from sfmkit.matching import match as match_mod
 from sfmkit.pipelines.reconstruct import REFINE_CHOICES, ReconstructConf, reconstruct
@@ -121,6 +122,8 @@ def reconstruct_cmd(
 ) -> None:
     """Images to a calibrated sparse model: extract, match, verify, refine, map."""
     run_on = executor_conf(executor.value, workers, ray_address)
+    if pair_filter_model is not None and pair_filter is None:
+        raise SfmkitError("--pair-filter-model needs --pair-filter (e.g. --pair-filter getnet)")
     conf = ReconstructConf(
         features=feature_conf(features.value, max_size, weights),
         matcher=None if matcher is None else match_mod.CONFS[matcher.value],
@@ -152,6 +155,9 @@ def reconstruct_cmd(
     rows = [("output", output), ("model", result.mapping.path), *mapping_rows(stats)]
     if skipped:
         rows.append(("images skipped (unreadable)", len(skipped)))
+    if "filter" in result.counts:
+        kept = result.counts["filter"]
+        rows.append(("pairs kept / dropped by the filter", f"{kept['kept']} / {kept['dropped']}"))
     peak = result.peak_memory_mb.get("max", 0.0)
     rows += [
         *timings_rows(result.timings),

@@ -49,7 +49,7 @@ def predict(net: Any, images: np.ndarray, pairs: np.ndarray, batch: int = 128) -
     dev = next(net.parameters()).device
     dist, ra, rb = [], [], []
     with torch.inference_mode():
-        for k in range(0, len(pairs), batch):
+        for k in track(range(0, len(pairs), batch), "pairs"):
             idx = pairs[k : k + batch]
             out = net(to_input(images[idx[:, 0]], dev), to_input(images[idx[:, 1]], dev))
             dist.append(out["distance"].cpu().numpy())

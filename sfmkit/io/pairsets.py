@@ -68,6 +68,10 @@ class PairSet:
     def check(self, path: Path | str = "pair set") -> None:
         """Refuse inconsistent arrays (a clear error instead of an index error in training)."""
         n, m = len(self.images), len(self.pairs)
+        if self.pairs.ndim != 2 or self.pairs.shape[1] != 2:
+            raise SfmkitError(f"{path}: /pairs must be (M, 2), got {self.pairs.shape}")
+        if not m:
+            raise SfmkitError(f"{path} holds no pairs: give more labels files or images")
         if self.images.ndim != 4 or self.images.shape[2] != self.images.shape[3]:
             raise SfmkitError(f"{path}: images must be (N, C, S, S), got {self.images.shape}")
         shapes = {"same": (m,), "kind": (m,), "overlap": (m,), "region": (m, 2, 4)}
@@ -127,7 +131,7 @@ def read_pair_set(path: Path) -> PairSet:
                 region=f["region"][()],
                 attrs={k: json.loads(v) if k in ("config", "counts") else v for k, v in f.attrs.items()},
             )
-        except (KeyError, OSError) as exc:
+        except (KeyError, OSError, ValueError) as exc:
             raise SfmkitError(f"{path} is damaged or incomplete ({exc}): build it again") from exc
     data.check(path)
     return data

@@ -85,6 +85,7 @@ def scene_pair_set(labels_files: list[Path], conf: ScenePairConf) -> PairSet:
         if conf.max_positives and len(positives) > conf.max_positives:
             keep = rng.choice(len(positives), conf.max_positives, replace=False)
             positives = [positives[k] for k in sorted(keep)]
+        before = len(rows)
         for i, j, kind in positives:
             i, j = int(i), int(j)
             if (i, j) not in labels.masks or (j, i) not in labels.masks:
@@ -96,7 +97,9 @@ def scene_pair_set(labels_files: list[Path], conf: ScenePairConf) -> PairSet:
         n = len(labels.names)
         ii, jj = np.nonzero(np.triu(labels.combined == 0, k=1) & np.triu(labels.mesh == 0, k=1))
         same_scene_neg += [(offset + int(a), offset + int(b)) for a, b in zip(ii, jj, strict=True)]
-        logger.info("%s: %d images, %d positives, %d zero-overlap pairs", path, n, len(positives), len(ii))
+        logger.info(
+            "%s: %d images, %d positives, %d zero-overlap pairs", path, n, len(rows) - before, len(ii)
+        )
     n_pos = len(rows)
     if not n_pos:
         raise SfmkitError("the labels files hold no strong or weak pair with overlap masks")
@@ -110,9 +113,14 @@ def scene_pair_set(labels_files: list[Path], conf: ScenePairConf) -> PairSet:
             "one scene only: %d negatives instead of %d (give more labels files)", want_same, n_pos
         )
         want_other = 0
-    for _ in range(want_other):
-        sa, sb = rng.choice(len(scene_rows), 2, replace=False)
-        a, b = int(rng.choice(scene_rows[sa])), int(rng.choice(scene_rows[sb]))
+    drawn: set[tuple[int, int]] = set()
+    for _ in range(50 * want_other):  # unique pairs; scenes weighted by their image count
+        if len(drawn) == want_other:
+            break
+        a, b = (int(v) for v in rng.choice(len(images), 2, replace=False))
+        if group[a] != group[b]:
+            drawn.add((min(a, b), max(a, b)))
+    for a, b in sorted(drawn):
         rows.append((a, b, KINDS["negative-other"], 0.0, np.full((2, 4), np.nan, np.float32)))
     order = rng.permutation(len(rows))
     rows = [rows[k] for k in order]

@@ -248,10 +248,19 @@ def to_input(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).float().div_(255.0).sub_(0.5)
 
 
+def shipped_state(net: GetNet, half: bool = False) -> dict[str, torch.Tensor]:
+    """The state as a model file keeps it: weight kernels rounded to float16 (stored as float16
+    with ``half``, else widened back to float32), everything else as is."""
+
+    def rounded(v: torch.Tensor) -> torch.Tensor:
+        return v.half() if half else v.half().float()
+
+    return {k: rounded(v) if v.is_floating_point() and v.ndim > 1 else v for k, v in net.state_dict().items()}
+
+
 def save_getnet(path: Path, net: GetNet, card: dict[str, Any]) -> Path:
     """Write a model file; weight kernels stored in float16 (the file stays small)."""
-    state = {k: v.half() if v.is_floating_point() and v.ndim > 1 else v for k, v in net.state_dict().items()}
-    return save_model_file(Path(path), KIND, NETWORK_VERSION, net, card, state)
+    return save_model_file(Path(path), KIND, NETWORK_VERSION, net, card, shipped_state(net, half=True))
 
 
 def load_getnet(path: Path) -> tuple[GetNet, dict[str, Any]]:

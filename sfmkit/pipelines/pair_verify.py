@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from sfmkit.errors import SfmkitError
 from sfmkit.io.images import read_image
-from sfmkit.retrieval.pair_filter import PairCheck, check_pairs, load_images, load_verifier
+from sfmkit.retrieval.pair_filter import PairCheck, PairFilterConf, check_pairs, load_images, load_verifier
 from sfmkit.utils.files import write_text_atomic
 
 #: Height of each image in the picture.
@@ -62,6 +62,7 @@ def run_pair_verify(
 ) -> PairVerifyResult:
     """Check one pair; write ``pair.json`` (or ``json_path``) and ``pair.png`` in ``out_dir``."""
     start = time.perf_counter()
+    PairFilterConf(threshold=threshold)  # a score in (0, 1), or a clear error
     a, b = Path(a), Path(b)
     for p in (a, b):
         if not p.is_file():

@@ -221,7 +221,7 @@ def _run_stages(
             pairs = make_pairs(spec, names, out_dir)
     if conf.pair_filter is not None:
         with timer.stage("filter"):
-            filtered = filter_pairs(conf.pair_filter, images, pairs, out_dir, device=device)
+            filtered = filter_pairs(conf.pair_filter, images, pairs, out_dir, known=names, device=device)
         pairs = filtered.kept
         counts["filter"] = filtered.counts
     with timer.stage("match"):

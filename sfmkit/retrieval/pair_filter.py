@@ -10,6 +10,7 @@ the same 0-1 score scale (``getnet:0.3`` keeps pairs scoring at least 0.3).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.io.images import LUMA
 from sfmkit.io.pairs import read_pairs, write_pairs
 from sfmkit.io.pairsets import load_square
 from sfmkit.models.getnet import GetNet, load_getnet, regions, to_input
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 SHIPPED_GETNET = Path(__file__).resolve().parents[1] / "models" / "data" / "getnet-scenes.pt"
 SCORE_TEMPERATURE = 0.05
 FILTERS = ("getnet",)
+#: Pairs scored per forward pass.
+BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,6 @@ class PairFilterConf:
     kind: str = "getnet"
     threshold: float = 0.5
     model: str | None = None
-    batch: int = 64
 
     def __post_init__(self) -> None:
         if self.kind not in FILTERS:
@@ -60,7 +63,9 @@ class PairFilterConf:
             threshold = float(value) if value else 0.5
         except ValueError:
             raise ConfigError(f"--pair-filter must look like getnet or getnet:0.3, got {spec!r}") from None
-        return cls(kind=kind, threshold=threshold, model=model)
+        return cls(
+            kind=kind, threshold=threshold, model=None if model is None else str(Path(model).resolve())
+        )
 
 
 def load_verifier(model: str | Path | None, device: str = "auto") -> tuple[GetNet, dict[str, Any], Path]:
@@ -114,7 +119,7 @@ def check_pairs(
     images: dict[str, tuple[np.ndarray, tuple[int, int]]],
     pairs: list[tuple[str, str]],
     threshold: float = 0.5,
-    batch: int = 64,
+    batch: int = BATCH,
 ) -> list[PairCheck]:
     """Score ``pairs`` of images already loaded by :func:`load_square` (name -> (array, size))."""
     dev = next(net.parameters()).device
@@ -150,7 +155,8 @@ def load_images(
     for name in track(names, "images"):
         square, full = load_square(Path(folder) / name, size)
         if channels == 1:
-            square = np.round(square.astype(np.float32).mean(axis=0, keepdims=True)).astype(np.uint8)
+            grey = np.tensordot(np.array(LUMA, np.float32), square.astype(np.float32), axes=1)
+            square = np.round(grey)[None].astype(np.uint8)
         loaded[name] = (square, full)
     return loaded
 
@@ -164,25 +170,69 @@ class FilterResult:
     scores: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def filter_pairs(
-    conf: PairFilterConf, images: Path, pairs_path: Path, out_dir: Path, *, device: str = "auto"
+    conf: PairFilterConf,
+    images: Path,
+    pairs_path: Path,
+    out_dir: Path,
+    *,
+    known: list[str] | None = None,
+    device: str = "auto",
 ) -> FilterResult:
-    """Write ``pairs-filtered-<kind>.txt`` (kept pairs) and ``pair-filter.json`` (every pair's
-    score and the decision) in ``out_dir``."""
+    """Write ``pairs-filtered-<tag>.txt`` (kept pairs) and ``pair-filter-<tag>.json`` (every pair's
+    score and the decision) in ``out_dir``. ``known``: the images that may appear (pairs naming
+    others are dropped with a warning, as the match stage does). A finished record made by the
+    same model (checksum) from the same pairs at the same threshold is reused."""
     start = time.perf_counter()
-    pairs = read_pairs(Path(pairs_path))
     net, card, model = load_verifier(conf.model, device)
+    if net.conf.channels == 1:
+        logger.warning("%s takes grey images (a digits model?): photos are scored in grey", model)
+    out_dir = Path(out_dir)
+    tag = conf.kind if conf.threshold == 0.5 else f"{conf.kind}-{conf.threshold:g}"
+    kept_path = out_dir / f"pairs-filtered-{tag}.txt"
+    record_path = out_dir / f"pair-filter-{tag}.json"
+    identity = {
+        "model_sha256": _sha256(model),
+        "input_sha256": _sha256(Path(pairs_path)),
+        "threshold": conf.threshold,
+    }
+    if record_path.is_file() and kept_path.is_file():
+        try:
+            previous = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        if all(previous.get(k) == v for k, v in identity.items()):
+            logger.info("pair filter %s: reusing %s", tag, record_path)
+            counts = {
+                "pairs": previous["kept"] + previous["dropped"],
+                "kept": previous["kept"],
+                "dropped": previous["dropped"],
+            }
+            return FilterResult(kept_path, record_path, counts, time.perf_counter() - start)
+    pairs = read_pairs(Path(pairs_path), known=known)
     names = sorted({n for p in pairs for n in p})
     loaded = load_images(Path(images), names, net.conf.size, net.conf.channels)
-    checks = check_pairs(net, card, loaded, pairs, conf.threshold, conf.batch)
+    checks = check_pairs(net, card, loaded, pairs, conf.threshold)
     kept = [p for p, c in zip(pairs, checks, strict=True) if c.same]
-    out_dir = Path(out_dir)
+    if pairs and not kept:
+        best = max(c.score for c in checks)
+        raise SfmkitError(
+            f"the pair filter dropped all {len(pairs)} pairs of {pairs_path} (threshold {conf.threshold:g}, "
+            f"best score {best:.3f}): lower it (getnet:SCORE) or leave --pair-filter out"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = conf.kind if conf.threshold == 0.5 else f"{conf.kind}-{conf.threshold:g}"
-    kept_path = write_pairs(out_dir / f"pairs-filtered-{tag}.txt", kept)
+    write_pairs(kept_path, kept)
     record = {
         "model": str(model),
-        "threshold": conf.threshold,
+        **identity,
         "input": str(pairs_path),
         "kept": len(kept),
         "dropped": len(pairs) - len(kept),
@@ -191,7 +241,7 @@ def filter_pairs(
             for (a, b), c in zip(pairs, checks, strict=True)
         ],
     }
-    record_path = write_text_atomic(out_dir / f"pair-filter-{tag}.json", json.dumps(record, indent=1))
+    write_text_atomic(record_path, json.dumps(record, indent=1))
     counts = {"pairs": len(pairs), "kept": len(kept), "dropped": len(pairs) - len(kept)}
     logger.info("pair filter %s: kept %d of %d pairs", tag, len(kept), len(pairs))
     return FilterResult(

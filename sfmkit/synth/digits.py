@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.io.pairsets import KINDS, PairSet
+from sfmkit.utils.progress import track
 
 SOURCES = ("glyphs", "fashion")
 SPLITS = ("train", "test")
@@ -149,7 +150,7 @@ def digits_pair_set(
     group = np.empty(2 * n_pairs, np.int32)
     same = np.arange(n_pairs) % 2 == 0
     rng.shuffle(same)
-    for p in range(n_pairs):
+    for p in track(range(n_pairs), "digit pairs"):
         a = int(rng.integers(10))
         b = a if same[p] else int((a + rng.integers(1, 10)) % 10)
         for k, cls in enumerate((a, b)):

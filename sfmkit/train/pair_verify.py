@@ -29,8 +29,17 @@ import torch
 
 from sfmkit.errors import ConfigError
 from sfmkit.io.pairsets import PairSet, merge_pair_sets, read_pair_set
-from sfmkit.models.getnet import GetNet, arch_from, contrastive_loss, save_getnet, to_input
+from sfmkit.models.getnet import (
+    NETWORK_VERSION,
+    GetNet,
+    arch_from,
+    contrastive_loss,
+    save_getnet,
+    shipped_state,
+    to_input,
+)
 from sfmkit.train.loop import model_card, run_training, start_training, write_history
+from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +162,7 @@ def pair_distances(net: GetNet, data: PairSet, rows: np.ndarray, batch: int = 12
     dev = next(net.parameters()).device
     out = []
     with torch.inference_mode():
-        for k in range(0, len(rows), batch):
+        for k in track(range(0, len(rows), batch), "pair distances"):
             idx = data.pairs[rows[k : k + batch]]
             a, b = to_input(data.images[idx[:, 0]], dev), to_input(data.images[idx[:, 1]], dev)
             out.append(net(a, b)["distance"].cpu().numpy())
@@ -166,6 +175,9 @@ def best_threshold(distance: np.ndarray, same: np.ndarray) -> tuple[float, float
     d, y = distance[order], same[order].astype(bool)
     # accuracy when the first k sorted pairs are called "same"
     correct = np.concatenate([[0], np.cumsum(y)]) + np.concatenate([[(~y).sum()], (~y).sum() - np.cumsum(~y)])
+    # a cut inside a run of equal distances cannot be made by a threshold
+    valid = np.concatenate([[True], d[1:] > d[:-1], [True]])
+    correct = np.where(valid, correct, -1)
     k = int(np.argmax(correct))
     if k == 0:
         t = float(d[0]) - 1e-6
@@ -219,7 +231,10 @@ def train_pair_verify(
         output,
         before_step=lambda k: set_phase(net, phase_at(k, conf)),
         network=arch.__dict__ | {"siamese": list(arch.siamese), "localisation": list(arch.localisation)},
+        network_version=NETWORK_VERSION,
     )
+    # calibrate the weights as they are shipped (kernels rounded to float16 by save_getnet)
+    net.load_state_dict(shipped_state(net))
     rng = np.random.default_rng(conf.seed + 1)
     rows = rng.choice(len(data), min(len(data), 4000), replace=False)
     threshold, accuracy = best_threshold(pair_distances(net, data, rows), data.same[rows])
