@@ -4,7 +4,7 @@ one run. Reports the pairs matched and dropped, registered images, camera-centre
 the exact ground truth (after the robust similarity alignment) and the wall time per stage.
 
     python benchmarks/pair_filter.py -o bench_out/filter --model getnet.pt \
-        [--scene aerial -n 50 --size 640x480 --seed 31] [-k 10] [--scores 0.5]
+        [--scene orbit -n 50 --size 640x480 --seed 31] [-k 10] [--scores 0.5]
 
 The scene is made by ``sfmkit synth`` unless ``-o`` already holds it; use a seed the model was
 not trained on.
@@ -35,7 +35,7 @@ def main() -> None:
     )
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_out/filter"))
     parser.add_argument("--model", type=Path, default=None, help="GetNet model (default: the shipped one)")
-    parser.add_argument("--scene", default="aerial")
+    parser.add_argument("--scene", default="orbit")
     parser.add_argument("-n", "--n-images", type=int, default=50)
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--seed", type=int, default=31)
@@ -64,7 +64,7 @@ def main() -> None:
     for name, conf in runs:
         out = args.output / name.replace(":", "-")
         result = reconstruct(conf, scene / "images", out, overwrite=True)
-        score = score_model(scene, result.mapping.model)
+        score = score_model(scene, result.mapping.reconstruction)
         counts = result.counts
         matched = counts["match"]["pairs"]
         row = {

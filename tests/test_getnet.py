@@ -208,3 +208,15 @@ def test_reconstruct_refuses_a_bad_pair_filter_before_any_stage(cli, image_folde
     r = cli("reconstruct", image_folder, "-o", out, "--pair-filter-model", missing)
     assert r.exit_code == 2 and "--pair-filter" in r.output
     assert not list(out.glob("features-*.h5")) if out.exists() else True
+
+
+def test_the_shipped_model_verifies_a_pair_without_model_option(cli, image_folder, tmp_path):
+    from sfmkit.retrieval.pair_filter import SHIPPED_GETNET
+
+    net, card = load_getnet(SHIPPED_GETNET)
+    assert net.conf.stn and net.conf.channels == 3 and "command" in card and card["threshold"] > 0
+    assert SHIPPED_GETNET.stat().st_size < 5e6
+    r = cli("pair-verify", image_folder / "im0.jpg", image_folder / "im1.jpg", "-o", tmp_path / "pv")
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "pv" / "pair.json").read_text())
+    assert 0 < result["score"] < 1 and len(result["region_a"]) == 4
