@@ -10,7 +10,6 @@ the same 0-1 score scale (``getnet:0.3`` keeps pairs scoring at least 0.3).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from sfmkit.io.images import LUMA
 from sfmkit.io.pairs import read_pairs, write_pairs
 from sfmkit.io.pairsets import load_square
 from sfmkit.models.getnet import GetNet, load_getnet, regions, to_input
+from sfmkit.models.weights import sha256_file
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.files import write_text_atomic
 from sfmkit.utils.progress import track
@@ -170,14 +170,6 @@ class FilterResult:
     scores: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def filter_pairs(
     conf: PairFilterConf,
     images: Path,
@@ -200,8 +192,8 @@ def filter_pairs(
     kept_path = out_dir / f"pairs-filtered-{tag}.txt"
     record_path = out_dir / f"pair-filter-{tag}.json"
     identity = {
-        "model_sha256": _sha256(model),
-        "input_sha256": _sha256(Path(pairs_path)),
+        "model_sha256": sha256_file(model),
+        "input_sha256": sha256_file(Path(pairs_path)),
         "threshold": conf.threshold,
     }
     if record_path.is_file() and kept_path.is_file():
