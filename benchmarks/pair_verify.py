@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--source", default="glyphs", help="digits glyph source: glyphs or fashion")
-    parser.add_argument("--train-scenes", type=int, default=12)
+    parser.add_argument("--train-scenes", type=int, default=48)
     parser.add_argument("--test-scenes", type=int, default=6)
     parser.add_argument("--n-images", type=int, default=24)
     parser.add_argument("--render", default="320x240", help="render size of the scenes")
