@@ -20,18 +20,11 @@ from scipy.stats import rankdata
 from sfmkit.errors import SfmkitError
 from sfmkit.io.pairsets import KINDS, merge_pair_sets, read_pair_set
 from sfmkit.models.ftfy import box_iou
-from sfmkit.models.getnet import load_getnet, regions, to_input
+from sfmkit.models.getnet import load_getnet, predict_pairs
 from sfmkit.utils.files import write_text_atomic
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
-
-#: Paper, Table I: pair accuracy of the plain Siamese network and of GetNet (%).
-PAPER = {
-    "distorted MNIST": (98.2, 99.3),
-    "Shelf & Tote": (80.4, 87.1),
-    "Caltech Leaves": (84.3, 88.6),
-}
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -44,25 +37,12 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def predict(net: Any, images: np.ndarray, pairs: np.ndarray, batch: int = 128) -> dict[str, np.ndarray]:
-    """Distances and both predicted regions (fractions) of every pair."""
-    dev = next(net.parameters()).device
-    dist, ra, rb = [], [], []
-    with torch.inference_mode():
-        for k in track(range(0, len(pairs), batch), "pairs"):
-            idx = pairs[k : k + batch]
-            out = net(to_input(images[idx[:, 0]], dev), to_input(images[idx[:, 1]], dev))
-            dist.append(out["distance"].cpu().numpy())
-            ra.append(regions(out["ta"]))
-            rb.append(regions(out["tb"]))
-    return {"distance": np.concatenate(dist), "region_a": np.concatenate(ra), "region_b": np.concatenate(rb)}
-
-
-def _mean_iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    ok = ~np.isnan(truth).any(axis=1)
-    if not ok.any():
+def _pair_iou(pred_a: np.ndarray, pred_b: np.ndarray, truth: np.ndarray) -> float:
+    """Mean IoU of both images' windows (n, 4) against the regions ``truth`` (n, 2, 4)."""
+    if not len(truth):
         return float("nan")
-    return float(box_iou(torch.from_numpy(pred[ok]), torch.from_numpy(truth[ok])).mean())
+    pred = torch.from_numpy(np.stack([pred_a, pred_b], axis=1).astype(np.float32))
+    return float(box_iou(pred, torch.from_numpy(truth)).mean())
 
 
 def evaluate_model(path: Path, data: Any) -> dict[str, Any]:
@@ -74,7 +54,7 @@ def evaluate_model(path: Path, data: Any) -> dict[str, Any]:
             f"{data.channels}-channel {data.size}-px ones: build them with --size {net.conf.size}"
         )
     start = time.perf_counter()
-    out = predict(net, data.images, data.pairs)
+    out = predict_pairs(net, data.images, data.pairs)
     seconds = time.perf_counter() - start
     same = data.same.astype(bool)
     called = out["distance"] < card["threshold"]
@@ -92,26 +72,8 @@ def evaluate_model(path: Path, data: Any) -> dict[str, Any]:
         "accuracy": float((called == same).mean()),
         "auc": roc_auc(-out["distance"], same),
         "accuracy_per_kind": per_kind,
-        "region_iou": float(
-            np.nanmean(
-                [
-                    _mean_iou(out["region_a"][pos], data.region[pos, 0]),
-                    _mean_iou(out["region_b"][pos], data.region[pos, 1]),
-                ]
-            )
-        )
-        if pos.any()
-        else float("nan"),
-        "whole_image_iou": float(
-            np.nanmean(
-                [
-                    _mean_iou(whole, data.region[pos, 0]),
-                    _mean_iou(whole, data.region[pos, 1]),
-                ]
-            )
-        )
-        if pos.any()
-        else float("nan"),
+        "region_iou": _pair_iou(out["region_a"][pos], out["region_b"][pos], data.region[pos]),
+        "whole_image_iou": _pair_iou(whole, whole, data.region[pos]),
         "ms_per_pair": 1000 * seconds / max(len(data), 1),
     }
 

@@ -11,11 +11,12 @@ crops, and the distance ``d = ||a - b||`` between the unit embeddings decides "s
 
 Choices the paper leaves open, made here (recorded in every model file's ``arch``):
 
-- The localisation network sees the pair: its input is its own image stacked (channels) with
-  the other one, so the window of image A can depend on what B shows (the common region of
-  two scene photos is a property of the pair, not of one image). It is applied to (A, B) and
-  to (B, A) with shared weights. Its last layer starts at zero with bias (1, 0, 0): the
-  transformer starts at the identity and the first crops are the whole images.
+- The localisation network sees the pair, so the window of image A can depend on what B shows
+  (the common region of two scene photos is a property of the pair, not of one image): its
+  own image stacked (channels) with the other one, or a map of where the other image's
+  features appear (``pairing``, :class:`Localisation`). It is applied to (A, B) and to (B, A)
+  with shared weights. Its last layer starts at zero with bias (1, 0, 0): the transformer
+  starts at the identity and the first crops are the whole images.
 - ``s`` and ``t`` are not clamped during training (as in Jaderberg et al.'s spatial
   transformers; samples outside the image read zeros); :func:`regions` clips the reported
   window to the image.
@@ -39,6 +40,7 @@ from torch.nn import functional as F
 
 from sfmkit.errors import ConfigError
 from sfmkit.models.files import load_state, read_model_file, save_model_file
+from sfmkit.utils.progress import track
 
 KIND = "getnet"
 #: Bumped whenever the computation changes, so old checkpoints are not resumed.
@@ -241,6 +243,30 @@ def regions(params: torch.Tensor | np.ndarray) -> np.ndarray:
     # normalised x_in = s * x_out + t_x for x_out in [-1, 1]; fraction = (x_in + 1) / 2
     boxes = np.stack([(tx - s + 1) / 2, (ty - s + 1) / 2, (tx + s + 1) / 2, (ty + s + 1) / 2], axis=1)
     return np.clip(boxes, 0.0, 1.0)
+
+
+def predict_pairs(
+    net: GetNet, images: np.ndarray, pairs: np.ndarray, batch: int = 128, label: str = "pairs"
+) -> dict[str, np.ndarray]:
+    """Inference on index ``pairs`` (M, 2) into ``images`` (N, C, S, S) uint8, in batches:
+    ``distance`` (M,) and the windows ``region_a``, ``region_b`` (M, 4) as fractions."""
+    net.eval()
+    dev = next(net.parameters()).device
+    dist, ra, rb = [], [], []
+    with torch.inference_mode():
+        for k in track(range(0, len(pairs), batch), label):
+            idx = pairs[k : k + batch]
+            out = net(to_input(images[idx[:, 0]], dev), to_input(images[idx[:, 1]], dev))
+            dist.append(out["distance"].cpu().numpy())
+            ra.append(regions(out["ta"]))
+            rb.append(regions(out["tb"]))
+    if not dist:
+        return {
+            "distance": np.zeros(0, np.float32),
+            "region_a": np.zeros((0, 4)),
+            "region_b": np.zeros((0, 4)),
+        }
+    return {"distance": np.concatenate(dist), "region_a": np.concatenate(ra), "region_b": np.concatenate(rb)}
 
 
 def to_input(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -13,18 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.io.images import LUMA
 from sfmkit.io.pairs import read_pairs, write_pairs
 from sfmkit.io.pairsets import load_square
-from sfmkit.models.getnet import GetNet, load_getnet, regions, to_input
+from sfmkit.models.getnet import GetNet, load_getnet, predict_pairs
 from sfmkit.models.weights import sha256_file
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.files import write_text_atomic
@@ -68,8 +67,8 @@ class PairFilterConf:
         )
 
 
-def load_verifier(model: str | Path | None, device: str = "auto") -> tuple[GetNet, dict[str, Any], Path]:
-    """The model file (default: the shipped one) on ``device``."""
+def verifier_path(model: str | Path | None) -> Path:
+    """The model file (default: the shipped one), or a clear error when it does not exist."""
     path = SHIPPED_GETNET if model is None else Path(model)
     if not path.is_file():
         if model is None:
@@ -78,6 +77,12 @@ def load_verifier(model: str | Path | None, device: str = "auto") -> tuple[GetNe
                 "and pass it with --model"
             )
         raise SfmkitError(f"GetNet model {path} does not exist ('sfmkit train pair-verify' makes one)")
+    return path
+
+
+def load_verifier(model: str | Path | None, device: str = "auto") -> tuple[GetNet, dict[str, Any], Path]:
+    """The model file (default: the shipped one) on ``device``."""
+    path = verifier_path(model)
     net, card = load_getnet(path)
     return net.to(resolve_device(device)), card, path
 
@@ -121,30 +126,25 @@ def check_pairs(
     threshold: float = 0.5,
     batch: int = BATCH,
 ) -> list[PairCheck]:
-    """Score ``pairs`` of images already loaded by :func:`load_square` (name -> (array, size))."""
-    dev = next(net.parameters()).device
-    out: list[PairCheck] = []
-    starts = range(0, len(pairs), batch)
-    with torch.inference_mode():
-        for k in track(starts, "pair-verify", total=len(starts)) if len(pairs) > batch else starts:
-            chunk = pairs[k : k + batch]
-            a = to_input(np.stack([images[p[0]][0] for p in chunk]), dev)
-            b = to_input(np.stack([images[p[1]][0] for p in chunk]), dev)
-            res = net(a, b)
-            d = res["distance"].cpu().numpy()
-            s = score(d, card["threshold"])
-            ra, rb = regions(res["ta"]), regions(res["tb"])
-            for n, (name_a, name_b) in enumerate(chunk):
-                out.append(
-                    PairCheck(
-                        float(s[n]),
-                        bool(s[n] >= threshold),
-                        float(d[n]),
-                        _pixels(ra[n], images[name_a][1]),
-                        _pixels(rb[n], images[name_b][1]),
-                    )
-                )
-    return out
+    """Score ``pairs`` of images already loaded by :func:`load_images` (name -> (array, size))."""
+    if not pairs:
+        return []
+    names = list(images)
+    row = {name: k for k, name in enumerate(names)}
+    index = np.array([(row[a], row[b]) for a, b in pairs], np.int64).reshape(-1, 2)
+    stack = np.stack([images[name][0] for name in names])
+    out = predict_pairs(net, stack, index, batch, "pair-verify")
+    s = score(out["distance"], card["threshold"])
+    return [
+        PairCheck(
+            float(s[n]),
+            bool(s[n] >= threshold),
+            float(out["distance"][n]),
+            _pixels(out["region_a"][n], images[a][1]),
+            _pixels(out["region_b"][n], images[b][1]),
+        )
+        for n, (a, b) in enumerate(pairs)
+    ]
 
 
 def load_images(
@@ -167,7 +167,6 @@ class FilterResult:
     record: Path
     counts: dict[str, int]
     seconds: float
-    scores: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 def filter_pairs(
@@ -184,9 +183,7 @@ def filter_pairs(
     others are dropped with a warning, as the match stage does). A finished record made by the
     same model (checksum) from the same pairs at the same threshold is reused."""
     start = time.perf_counter()
-    net, card, model = load_verifier(conf.model, device)
-    if net.conf.channels == 1:
-        logger.warning("%s takes grey images (a digits model?): photos are scored in grey", model)
+    model = verifier_path(conf.model)
     out_dir = Path(out_dir)
     tag = conf.kind if conf.threshold == 0.5 else f"{conf.kind}-{conf.threshold:g}"
     kept_path = out_dir / f"pairs-filtered-{tag}.txt"
@@ -209,6 +206,9 @@ def filter_pairs(
                 "dropped": previous["dropped"],
             }
             return FilterResult(kept_path, record_path, counts, time.perf_counter() - start)
+    net, card, _ = load_verifier(model, device)
+    if net.conf.channels == 1:
+        logger.warning("%s takes grey images (a digits model?): photos are scored in grey", model)
     pairs = read_pairs(Path(pairs_path), known=known)
     names = sorted({n for p in pairs for n in p})
     loaded = load_images(Path(images), names, net.conf.size, net.conf.channels)
@@ -236,10 +236,4 @@ def filter_pairs(
     write_text_atomic(record_path, json.dumps(record, indent=1))
     counts = {"pairs": len(pairs), "kept": len(kept), "dropped": len(pairs) - len(kept)}
     logger.info("pair filter %s: kept %d of %d pairs", tag, len(kept), len(pairs))
-    return FilterResult(
-        kept_path,
-        record_path,
-        counts,
-        time.perf_counter() - start,
-        {p: c.score for p, c in zip(pairs, checks, strict=True)},
-    )
+    return FilterResult(kept_path, record_path, counts, time.perf_counter() - start)

@@ -34,12 +34,12 @@ from sfmkit.models.getnet import (
     GetNet,
     arch_from,
     contrastive_loss,
+    predict_pairs,
     save_getnet,
     shipped_state,
     to_input,
 )
 from sfmkit.train.loop import model_card, run_training, start_training, write_history
-from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -158,15 +158,7 @@ def region_loss(ta: torch.Tensor, tb: torch.Tensor, region: torch.Tensor) -> tor
 
 def pair_distances(net: GetNet, data: PairSet, rows: np.ndarray, batch: int = 128) -> np.ndarray:
     """Distances of the pairs ``rows`` of ``data`` (inference mode)."""
-    net.eval()
-    dev = next(net.parameters()).device
-    out = []
-    with torch.inference_mode():
-        for k in track(range(0, len(rows), batch), "pair distances"):
-            idx = data.pairs[rows[k : k + batch]]
-            a, b = to_input(data.images[idx[:, 0]], dev), to_input(data.images[idx[:, 1]], dev)
-            out.append(net(a, b)["distance"].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    return predict_pairs(net, data.images, data.pairs[rows], batch, "pair distances")["distance"]
 
 
 def best_threshold(distance: np.ndarray, same: np.ndarray) -> tuple[float, float]:
