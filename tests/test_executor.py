@@ -1,5 +1,5 @@
-"""The Ray executor (``--executor ray``) of extract, match and verify: the same stage files as
-the local executor, even when a worker dies mid-run."""
+"""The Ray executor (``--executor ray``) of extract, global descriptors, match and verify: the same
+stage files as the local executor, even when a worker dies mid-run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from sfmkit.errors import ConfigError
 from sfmkit.features import get_conf
-from sfmkit.features.extract import KILL_ONCE_ENV, extract
+from sfmkit.features.extract import KILL_ONCE_ENV, extract, extract_global
+from sfmkit.features.global_descriptors import GlobalConf
 from sfmkit.geometry.verify import CONFS as VERIFY_CONFS
 from sfmkit.geometry.verify import verify
 from sfmkit.io.pairs import exhaustive_pairs, write_pairs
@@ -32,7 +33,8 @@ def _contents(path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_ray_stages_equal_local_after_a_killed_worker(rendered_scene, tmp_path, monkeypatch):
-    """Extract, match and verify five rendered views on a local Ray instance (two-item tasks);
+    """Extract, match, verify and extract global descriptors of five rendered views on a local Ray
+    instance (two-item tasks);
     the first extraction task's worker kills itself before its second image. Ray retries the
     task, the task resumes its shard, and each merged file holds exactly the local executor's
     datasets; no shard is left behind."""
@@ -48,7 +50,10 @@ def test_ray_stages_equal_local_after_a_killed_worker(rendered_scene, tmp_path, 
         feats = extract(conf, images, out, image_names=names, device="cpu", **kw)
         matches = match(MATCH_CONFS["mnn-c2f"], feats, pairs, out, device="cpu", **kw)
         verified = verify(VERIFY_CONFS["multi-homography"], matches, pairs, out, **kw)
-        return feats, matches, verified
+        global_file = extract_global(
+            GlobalConf(max_size=240), images, out, image_names=names, device="cpu", **kw
+        )
+        return feats, matches, verified, global_file
 
     local = stages(tmp_path / "local")
     marker = tmp_path / "killed"

@@ -199,6 +199,37 @@ def test_passes_at_several_resolutions_recover_a_known_shift(tmp_path):
     assert np.array_equal(refined[~b_nodes], start[~b_nodes])  # image a holds the references
 
 
+def test_refinement_in_chunks_of_tracks_equals_one_problem(tmp_path):
+    """Tracks are independent, so adjusting them in chunks (bounded memory on large collections)
+    must give the very same keypoints as one problem; chunks hold whole tracks."""
+    from PIL import Image
+
+    from sfmkit.refinement.refine import adjust, track_chunks
+
+    names = [f"{i}.png" for i in range(3)]
+    for i, name in enumerate(names):
+        Image.fromarray(textured_image(20 + i, (160, 120)).astype(np.uint8)).save(tmp_path / name)
+    rng = np.random.default_rng(5)
+    ids = np.arange(30)
+    tracks = build_tracks(
+        [(0, 1, np.stack([ids, ids], 1), None), (1, 2, np.stack([ids[:20], ids[:20]], 1), None)]
+    )
+    kps = rng.uniform(20, 100, (30, 2))
+    start = kps[tracks.keypoint] + rng.uniform(-2, 2, (len(tracks.track), 2))
+    sizes = dict.fromkeys(names, (160, 120))
+    conf = RefineConf(levels=(80, 0))
+    chunks = track_chunks(tracks, 7)
+    assert len(chunks) > 5 and chunks[0][0] == 0 and chunks[-1][1] == len(tracks.track)
+    for (_, stop), (begin, _) in zip(chunks[:-1], chunks[1:], strict=True):
+        assert stop == begin and tracks.track[begin] != tracks.track[begin - 1]  # whole tracks
+    whole, passes = adjust(conf, tracks, names, start, sizes, tmp_path)
+    chunked, chunk_passes = adjust(conf, tracks, names, start, sizes, tmp_path, max_nodes=7)
+    assert np.abs(whole - start).max() > 0.1  # the keypoints did move
+    np.testing.assert_array_equal(chunked, whole)
+    assert chunk_passes[-1]["chunks"] == len(chunks)
+    assert chunk_passes[-1]["cost_final"] == pytest.approx(passes[-1]["cost_final"], rel=1e-4)
+
+
 def test_bad_refinement_options():
     with pytest.raises(ConfigError):
         RefineConf(features="sift")

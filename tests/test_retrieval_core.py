@@ -327,3 +327,36 @@ def test_retrieval_pairs_spec_is_not_confused_with_a_pairs_file(tmp_path, monkey
             parse_pairs_spec(bad, retrieval=True)
     with pytest.raises(SfmkitError, match="sfmkit retrieve"):
         parse_pairs_spec("retrieval:5")
+
+
+def test_index_moves_to_a_gpu_only_when_faiss_sees_one(clustered_db, monkeypatch):
+    """The GPU wiring, with faiss's GPU calls stood in for (no GPU on the test machines): flat and
+    IVF move to the asked device, HNSW, ``cpu`` and an absent device stay, results unchanged."""
+    import faiss
+
+    db, queries, exact = clustered_db
+    moved: list[int] = []
+
+    class Space:
+        def set_index_parameter(self, index, name, value):
+            setattr(index, name, value)
+
+    def cpu_to_gpu(resources, gpu, index):
+        moved.append(gpu)
+        return index
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", cpu_to_gpu, raising=False)
+    monkeypatch.setattr(faiss, "GpuParameterSpace", Space, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    flat, ivf = build_index(db, "flat"), build_index(db, "ivf", device="cuda:0")
+    assert (flat.gpu, ivf.gpu, moved) == (0, 0, [0, 0]) and ivf.resources is not None
+    assert np.array_equal(flat.search(queries, 10)[1], exact)
+    ivf.nprobe = 1  # applied through the GPU parameter space
+    ivf.search(queries, 10)
+    assert ivf.index.nprobe == 1
+    for kind, device in (("hnsw", "auto"), ("flat", "cpu"), ("flat", "cuda:1")):
+        assert build_index(db, kind, device=device).gpu is None
+    monkeypatch.delattr(faiss, "StandardGpuResources")  # the CPU build
+    assert build_index(db, "flat", device="cuda").gpu is None
+    assert moved == [0, 0]

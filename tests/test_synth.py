@@ -148,3 +148,22 @@ def test_synth_refuses_unwritable_output(cli, tmp_path):
     r = cli("synth", str(blocker / "out"), "-n", "2", "--size", "64x48")
     assert r.exit_code == 2
     assert "cannot write" in r.output
+
+
+def test_survey_keeps_its_overlap_as_it_grows():
+    """The survey flight: nadir views on a serpentine grid whose spacing (so overlap) does not
+    depend on the number of images; consecutive images are neighbours on the grid."""
+    from sfmkit.synth.scenes import SURVEY_ALTITUDE, SURVEY_STEP, survey_cameras
+
+    for n in (30, 300):
+        cams = survey_cameras(np.random.default_rng(0), n, (320, 240))
+        centers = np.stack([c.center for c in cams])
+        assert len(cams) == n
+        assert np.allclose(centers[:, 2], SURVEY_ALTITUDE, atol=2.5)
+        axes = np.stack([c.R[2] for c in cams])  # optical axes in the world
+        assert (axes[:, 2] < -0.999).all()  # looking straight down
+        steps = np.linalg.norm(np.diff(centers[:, :2], axis=0), axis=1)
+        assert np.median(steps) == pytest.approx(SURVEY_STEP[0], abs=0.5)
+        assert steps.max() < SURVEY_STEP[1] + 3.0  # the turn between strips too
+        extent = np.ptp(centers[:, :2], axis=0)
+        assert extent.max() < SURVEY_STEP[1] * np.sqrt(n) * 1.5  # grows like sqrt(n), not fixed

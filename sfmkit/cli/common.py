@@ -227,7 +227,9 @@ IntrinsicsOpt = Annotated[
 Executor = choices("Executor", EXECUTORS)
 ExecutorOpt = Annotated[
     Executor,
-    typer.Option("--executor", help="local (this process) or ray (Ray tasks; extract, match, verify)."),
+    typer.Option(
+        "--executor", help="local (this process) or ray (Ray tasks; extract, retrieve, match, verify)."
+    ),
 ]
 WorkersOpt = Annotated[
     int | None,

@@ -150,11 +150,15 @@ def retrieve_cmd(
     query_expansion: QeOpt = 0,
     device: DeviceOpt = "auto",
     image_list: ImageListOpt = None,
+    executor: ExecutorOpt = Executor("local"),  # type: ignore[call-arg]
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Global descriptors of every image, each image's most similar images, and a pairs file
     for matching (resumes an interrupted run)."""
     gconf = GlobalConf(weights=model, max_size=size)
+    run_on = executor_conf(executor.value, workers, ray_address)
     sconf = SearchConf(
         aggregation=aggregation,
         top_k=top_k,
@@ -172,6 +176,7 @@ def retrieve_cmd(
         image_names=read_image_list(image_list),
         overwrite=overwrite,
         device=device,
+        executor=run_on,
     )
     rows = [
         ("global descriptors", out.global_file),

@@ -130,28 +130,62 @@ def extract(
         Path of the feature file.
     """
     check_weights(conf)
-    path = features_path(conf, out_dir)
-    prepare_shards(path, executor, overwrite)
-    remote = None
-    if executor.kind == "ray":
-        args = (conf, str(Path(images).resolve()), device, max_pixels)
-
-        def remote(todo: list[str], writer: ItemWriter) -> int:
-            return run_sharded(
-                executor, _extract_chunk, args, todo, writer, "features", 1, f"extract {conf.name}"
-            )
-
-    return extract_items(
-        path,
+    return _extract_stage(
         "features",
         conf,
         images,
-        lambda: make_extractor(conf, resolve_device(device)),
-        label=f"extract {conf.name}",
+        features_path(conf, out_dir),
+        image_names,
+        overwrite,
+        device,
+        max_pixels,
+        executor,
+    )
+
+
+def _make(stage: str, conf: Any, device: str) -> Callable[[LoadedImage], dict[str, np.ndarray]]:
+    """The per-image function of a ``features`` or ``global`` extraction."""
+    if stage == "features":
+        return make_extractor(conf, resolve_device(device))
+    return GlobalExtractor(conf, resolve_device(device))
+
+
+def _stage_attrs(stage: str, conf: Any) -> dict[str, Any] | None:
+    return {"extractor": conf.kind} if stage == "features" else None
+
+
+def _extract_stage(
+    stage: str,
+    conf: Any,
+    images: Path,
+    path: Path,
+    image_names: Sequence[str] | None,
+    overwrite: bool,
+    device: str,
+    max_pixels: int,
+    executor: ExecutorConf,
+) -> Path:
+    """``extract`` or ``extract_global``: the local loop, with Ray tasks writing shards first."""
+    prepare_shards(path, executor, overwrite)
+    label = f"extract {conf.name}" if stage == "features" else "global descriptors"
+    remote = None
+    if executor.kind == "ray":
+        args = (stage, conf, str(Path(images).resolve()), device, max_pixels)
+
+        def remote(todo: list[str], writer: ItemWriter) -> int:
+            return run_sharded(executor, _extract_chunk, args, todo, writer, stage, 1, label)
+
+    return extract_items(
+        path,
+        stage,
+        conf,
+        images,
+        lambda: _make(stage, conf, device),
+        label=label,
         image_names=image_names,
         overwrite=overwrite,
         max_pixels=max_pixels,
-        extra_attrs={"extractor": conf.kind},
+        extra_attrs=_stage_attrs(stage, conf),
         remote=remote,
     )
 
@@ -162,16 +196,17 @@ KILL_ONCE_ENV = "SFMKIT_TEST_KILL_WORKER_ONCE"
 
 
 def _extract_chunk(
-    conf: FeatureConf, images: str, device: str, max_pixels: int, names: list[str], shard: str
+    stage: str, conf: Any, images: str, device: str, max_pixels: int, names: list[str], shard: str
 ) -> tuple[str, int]:
-    """One Ray task: the features of ``names`` into the shard file ``shard`` (resumable)."""
+    """One Ray task: the ``stage`` items (local features or global descriptors) of ``names`` into
+    the shard file ``shard`` (resumable)."""
     import torch
 
     torch.set_num_threads(1)  # one CPU per task
     marker = os.environ.get(KILL_ONCE_ENV)
 
     def make() -> Callable[[LoadedImage], dict[str, np.ndarray]]:
-        extractor = make_extractor(conf, resolve_device(device))
+        extractor = _make(stage, conf, device)
         if not marker or len(names) < 2 or Path(marker).exists():
             return extractor
         calls = []
@@ -187,14 +222,14 @@ def _extract_chunk(
 
     extract_items(
         Path(shard),
-        "features",
+        stage,
         conf,
         Path(images),
         make,
         label="shard",
         image_names=names,
         max_pixels=max_pixels,
-        extra_attrs={"extractor": conf.kind},
+        extra_attrs=_stage_attrs(stage, conf),
     )
     return shard, len(names)
 
@@ -310,16 +345,18 @@ def extract_global(
     overwrite: bool = False,
     device: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    executor: ExecutorConf = LOCAL,
 ) -> Path:
-    """Global descriptors of every image under ``images`` (resumable, like ``extract``)."""
-    return extract_items(
-        global_path(conf, out_dir),
+    """Global descriptors of every image under ``images`` (resumable and, with the Ray executor,
+    sharded, like ``extract``)."""
+    return _extract_stage(
         "global",
         conf,
         images,
-        lambda: GlobalExtractor(conf, resolve_device(device)),
-        label="global descriptors",
-        image_names=image_names,
-        overwrite=overwrite,
-        max_pixels=max_pixels,
+        global_path(conf, out_dir),
+        image_names,
+        overwrite,
+        device,
+        max_pixels,
+        executor,
     )

@@ -141,7 +141,8 @@ def reconstruct(
 ) -> ReconstructResult:
     """Run every stage; each one resumes from what ``out_dir`` already holds. A stage file
     found damaged on reading is recomputed where damaged (the stages run once more).
-    ``executor``: where extraction, matching and verification run (local or Ray tasks)."""
+    ``executor``: where extraction (local and global), matching and verification run (local or
+    Ray tasks)."""
     out_dir = Path(out_dir)
     spec, listed = preflight(
         conf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device
@@ -213,6 +214,7 @@ def _run_stages(
                 image_names=names,
                 overwrite=overwrite,
                 device=device,
+                executor=executor,
             )
         pairs = found.pairs_file
         counts["retrieve"] = {k: v for k, v in found.counts.items() if k != "skipped_images"}

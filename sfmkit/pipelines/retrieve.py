@@ -20,6 +20,7 @@ from sfmkit.io.images import list_images
 from sfmkit.io.pairs import write_pairs
 from sfmkit.models.retrieval import load_retrieval_model
 from sfmkit.retrieval.search import SearchConf, SearchResult, search
+from sfmkit.utils.executor import LOCAL, ExecutorConf
 from sfmkit.utils.timing import StageTimer
 
 logger = logging.getLogger(__name__)
@@ -49,12 +50,21 @@ def retrieve(
     image_names: Sequence[str] | None = None,
     overwrite: bool = False,
     device: str = "auto",
+    executor: ExecutorConf = LOCAL,
 ) -> RetrieveResult:
-    """Extract global descriptors, search every image against the others, write the pairs."""
+    """Extract global descriptors, search every image against the others, write the pairs.
+    ``executor``: where the global descriptors are extracted (the search runs here: it needs
+    every descriptor, and streams them in chunks)."""
     timer = StageTimer()
     with timer.stage("global"):
         path = extract_global(
-            gconf, images, out_dir, image_names=image_names, overwrite=overwrite, device=device
+            gconf,
+            images,
+            out_dir,
+            image_names=image_names,
+            overwrite=overwrite,
+            device=device,
+            executor=executor,
         )
     # the images of this run only: the global file may hold more, from earlier runs
     skipped = json_attr(path, "skipped", {}) or {}
@@ -68,6 +78,7 @@ def retrieve(
             model_whitening=None if model is None else model.whitening,
             db_names=names,
             workdir=Path(out_dir),
+            device=device,
         )
         pairs = result.pairs()
         pairs_file = write_pairs(pairs_path(sconf, out_dir), pairs)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pycolmap
@@ -16,6 +18,18 @@ from sfmkit.utils.parallel import ordered_map
 from sfmkit.utils.progress import track
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: images or pairs written per database transaction (one commit each, instead of one per row)
+TRANSACTION = 1000
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
 
 def create_database(
@@ -54,9 +68,11 @@ def create_database(
                 frame.add_data_id(image.data_id)
                 db.write_frame(frame)
                 image_ids[name] = image.image_id
-        for name in track(names, "import keypoints"):
-            keypoints = features.array((name,), "keypoints").astype(np.float32)
-            db.write_keypoints(image_ids[name], keypoints)
+        read = ((n, features.array((n,), "keypoints").astype(np.float32)) for n in names)
+        for batch in _batches(track(read, "import keypoints", total=len(names)), TRANSACTION):
+            with pycolmap.DatabaseTransaction(db):
+                for name, keypoints in batch:
+                    db.write_keypoints(image_ids[name], keypoints)
     finally:
         db.close()
     return image_ids
@@ -95,13 +111,14 @@ def import_matches(
             return (a, b), m, geometry
 
         jobs = [(pair, m) for pair, m in matches.items() if len(m)]
-        for (a, b), m, geometry in track(
-            ordered_map(estimate, jobs, workers), "two-view geometry", total=len(jobs)
-        ):
-            db.write_matches(image_ids[a], image_ids[b], m)
-            db.write_two_view_geometry(image_ids[a], image_ids[b], geometry)
-            key = pycolmap.TwoViewGeometryConfiguration(geometry.config).name
-            counts[key] = counts.get(key, 0) + 1
+        results = track(ordered_map(estimate, jobs, workers), "two-view geometry", total=len(jobs))
+        for batch in _batches(results, TRANSACTION):
+            with pycolmap.DatabaseTransaction(db):
+                for (a, b), m, geometry in batch:
+                    db.write_matches(image_ids[a], image_ids[b], m)
+                    db.write_two_view_geometry(image_ids[a], image_ids[b], geometry)
+                    key = pycolmap.TwoViewGeometryConfiguration(geometry.config).name
+                    counts[key] = counts.get(key, 0) + 1
     finally:
         db.close()
     return counts

@@ -259,6 +259,40 @@ def _node_positions(tracks: Tracks, names: list[str], keypoints: dict[str, np.nd
     return out
 
 
+#: Most track nodes adjusted at a time: the feature windows and the solver's arrays of one chunk
+#: of tracks (a few GB at this size) are what the stage holds, whatever the collection's size.
+MAX_NODES = 500_000
+
+
+def track_chunks(tracks: Tracks, max_nodes: int = MAX_NODES) -> list[tuple[int, int]]:
+    """Node ranges [start, stop) of consecutive whole tracks, each at most ``max_nodes`` nodes
+    (a longer track alone). Tracks are independent problems, so each range is solved alone."""
+    n = len(tracks.track)
+    ends = np.append(np.flatnonzero(np.diff(tracks.track) != 0) + 1, n)  # one past each track
+    bounds: list[tuple[int, int]] = []
+    begin = 0
+    while begin < n:
+        j = int(np.searchsorted(ends, begin + max_nodes, side="right")) - 1
+        stop = (
+            int(ends[j]) if j >= 0 and ends[j] > begin else int(ends[np.searchsorted(ends, begin, "right")])
+        )
+        bounds.append((begin, stop))
+        begin = stop
+    return bounds
+
+
+def subset(tracks: Tracks, start: int, stop: int) -> Tracks:
+    """The tracks of nodes ``start`` .. ``stop`` - 1 (whole tracks), renumbered from 0."""
+    keep = (tracks.edges[:, 0] >= start) & (tracks.edges[:, 0] < stop)
+    return Tracks(
+        image=tracks.image[start:stop],
+        keypoint=tracks.keypoint[start:stop],
+        track=tracks.track[start:stop] - tracks.track[start],
+        reference=tracks.reference[start:stop],
+        edges=tracks.edges[keep] - start,
+    )
+
+
 def adjust(
     conf: RefineConf,
     tracks: Tracks,
@@ -268,10 +302,13 @@ def adjust(
     images: Path,
     device: str = "auto",
     max_shift: dict[str, float] | None = None,
+    max_nodes: int = MAX_NODES,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The passes of the refinement: (N, 2) refined full-resolution positions of the track
     nodes (``position``: where they start), and a summary per pass. ``max_shift``: the largest
-    total move per image in full-resolution pixels (default: ``conf.max_shift``).
+    total move per image in full-resolution pixels (default: ``conf.max_shift``). The tracks
+    are adjusted in chunks of at most ``max_nodes`` nodes (:func:`track_chunks`; the result is
+    the same), so memory stays bounded on large collections.
 
     Raises:
         SfmkitError: an image's size differs from the one recorded in the feature file.
@@ -279,26 +316,74 @@ def adjust(
     position = np.array(position, np.float64)
     if len(tracks.track) == 0:
         return position, []
-    original = position.copy()
     dev = resolve_device(device)
     trunk = None if conf.features == "intensity" else load_vgg16(conf.weights).to(dev)
     windows_of = WindowFeatures(conf.features, trunk, conf.window, dev)
+    cap = np.zeros((len(tracks.track), 1))
+    for name, sel in zip(names, _by_image(tracks, len(names)), strict=True):
+        cap[sel] = conf.max_shift if max_shift is None else max_shift[name]
+    chunks = track_chunks(tracks, max_nodes)
+    passes: list[dict[str, Any]] = []
+    for k, (start, stop) in enumerate(chunks):
+        label = "refine" if len(chunks) == 1 else f"refine {k + 1}/{len(chunks)}"
+        position[start:stop], chunk_passes = _adjust_chunk(
+            conf,
+            subset(tracks, start, stop),
+            names,
+            position[start:stop],
+            cap[start:stop],
+            sizes,
+            images,
+            windows_of,
+            label,
+        )
+        passes = (
+            chunk_passes
+            if not passes
+            else [_merge_pass(a, b) for a, b in zip(passes, chunk_passes, strict=True)]
+        )
+    if len(chunks) > 1:
+        for summary in passes:
+            summary["chunks"] = len(chunks)
+    return position, passes
+
+
+def _merge_pass(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One pass's summary over two chunks: costs and times add, iterations is the largest."""
+    out = dict(a)
+    out["sizes"] = sorted(set(a["sizes"]) | set(b["sizes"]))
+    for key in ("cost_initial", "cost_final", "seconds_features", "seconds_solve"):
+        if key in a or key in b:
+            out[key] = round(a.get(key, 0.0) + b.get(key, 0.0), 3)
+    out["iterations"] = max(a.get("iterations", 0), b.get("iterations", 0))
+    return out
+
+
+def _adjust_chunk(
+    conf: RefineConf,
+    tracks: Tracks,
+    names: list[str],
+    position: np.ndarray,
+    cap: np.ndarray,
+    sizes: dict[str, tuple[int, int]],
+    images: Path,
+    windows_of: WindowFeatures,
+    label: str,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """:func:`adjust` for one chunk of whole tracks."""
+    original = position.copy()
     half = int(np.ceil(conf.radius)) + 1
     solver = SolverConf(radius=conf.radius, loss_scale=conf.loss_scale, iterations=conf.iterations)
     per_image = _by_image(tracks, len(names))
     plans = {n: _level_sizes(conf.levels, sizes[n]) for n in names}
-    cap = np.zeros((len(tracks.track), 1))
-    for name, sel in zip(names, per_image, strict=True):
-        cap[sel] = conf.max_shift if max_shift is None else max_shift[name]
     passes = []
     # one buffer for every pass (the largest allocation of the stage)
     windows = windows_of.empty(len(tracks.track), half)
     scale = np.ones((len(tracks.track), 2))
     for level in range(max(len(p) for p in plans.values())):
         t0 = time.perf_counter()
-        for name, sel in zip(track(names, f"refine: features of pass {level + 1}"), per_image, strict=True):
-            if len(sel) == 0:
-                continue
+        used = [(n, sel) for n, sel in zip(names, per_image, strict=True) if len(sel)]
+        for name, sel in track(used, f"{label}: features of pass {level + 1}"):
             plan = plans[name]
             loaded = read_image(images / name, plan[min(level, len(plan) - 1)])
             if loaded.size != sizes[name]:
@@ -317,9 +402,10 @@ def adjust(
         total = position - original
         norm = np.linalg.norm(total, axis=1, keepdims=True)
         position = np.where(norm > cap, original + total * (cap / np.maximum(norm, 1e-12)), position)
+        used_names = [n for n, _ in used]
         passes.append(
             {
-                "sizes": sorted({str(plans[n][min(level, len(plans[n]) - 1)] or "full") for n in names}),
+                "sizes": sorted({str(plans[n][min(level, len(plans[n]) - 1)] or "full") for n in used_names}),
                 **stats,
                 "seconds_features": round(t1 - t0, 3),
                 "seconds_solve": round(time.perf_counter() - t1, 3),

@@ -4,6 +4,11 @@ Kinds: ``flat`` (exact, IndexFlatIP), ``ivf`` (IndexIVFFlat: k-means cells, ``np
 them visited per query), ``hnsw`` (IndexHNSWFlat graph, ``ef_search`` candidates per query)
 and ``auto``: flat up to ``auto_threshold`` vectors, IVF above. On unit vectors the inner
 product is the cosine similarity, so the best neighbours have the largest scores.
+
+GPU: with faiss's GPU build installed (``pip install 'sfmkit[gpu]'``, which brings ``faiss-gpu``)
+and a CUDA device visible, flat and IVF indexes are built on the CPU and moved to the GPU
+(``device="auto"`` or ``"cuda[:N]"``); HNSW has no GPU version and stays on the CPU. With the
+CPU build, or no visible GPU, everything runs on the CPU, with the same results.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -20,6 +26,8 @@ from sfmkit.errors import SfmkitError
 logger = logging.getLogger(__name__)
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
+#: Index kinds faiss can move to a GPU.
+GPU_KINDS = ("flat", "ivf")
 #: Vectors added to an index at a time.
 ADD_CHUNK = 65_536
 #: faiss k-means wants at least this many training vectors per IVF cell.
@@ -54,6 +62,9 @@ class VectorIndex:
         dim: their dimension.
         nprobe: IVF cells visited per query (ivf only; capped by the number of cells).
         ef_search: HNSW candidate-list size per query (hnsw only; raised to k when smaller).
+        gpu: the CUDA device the index lives on, or None (CPU).
+        nlist: IVF cells (ivf only).
+        resources: faiss's GPU resources of a GPU index (kept alive with it).
     """
 
     index: faiss.Index
@@ -62,6 +73,9 @@ class VectorIndex:
     dim: int
     nprobe: int = 16
     ef_search: int = 128
+    gpu: int | None = None
+    nlist: int = 0
+    resources: Any = None
 
     def search(self, queries: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """The k most similar indexed vectors of each query, best first.
@@ -87,7 +101,11 @@ class VectorIndex:
             raise SfmkitError(f"the query chunk must be at least 1, got {chunk}")
         k = min(k, self.ntotal)
         if self.kind == "ivf":
-            self.index.nprobe = max(1, min(self.nprobe, self.index.nlist))
+            nprobe = max(1, min(self.nprobe, self.nlist))
+            if self.gpu is None:
+                self.index.nprobe = nprobe
+            else:
+                faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
         elif self.kind == "hnsw":
             self.index.hnsw.efSearch = max(self.ef_search, k)
         scores = np.empty((len(q), k), np.float32)
@@ -105,6 +123,35 @@ def _add(index: faiss.Index, x: np.ndarray) -> None:
         index.add(x[start : start + ADD_CHUNK])
 
 
+def gpu_for(device: str, kind: str) -> int | None:
+    """The CUDA device a ``kind`` index goes to for ``device`` (``auto``, ``cpu``, ``cuda[:N]``),
+    or None: the CPU build of faiss, no visible GPU, ``cpu`` asked for, or a kind without a GPU
+    version."""
+    if device == "cpu" or kind not in GPU_KINDS:
+        return None
+    if not hasattr(faiss, "StandardGpuResources"):
+        if device.startswith("cuda"):
+            logger.warning(
+                "faiss is the CPU build, so the index stays on the CPU: pip install 'sfmkit[gpu]', "
+                "then pip install --force-reinstall --no-deps faiss-gpu (see docs/scaling.md)"
+            )
+        return None
+    visible = faiss.get_num_gpus()
+    gpu = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+    if gpu >= visible:
+        if device != "auto":
+            logger.warning("faiss sees %d GPU(s), not %s: index on the CPU", visible, device)
+        return None
+    return gpu
+
+
+def to_gpu(index: faiss.Index, gpu: int) -> tuple[faiss.Index, Any]:
+    """``index`` copied to CUDA device ``gpu``, and the GPU resources it uses (which must live as
+    long as it does)."""
+    resources = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(resources, gpu, index), resources
+
+
 def build_index(
     x: np.ndarray,
     kind: str = "auto",
@@ -115,6 +162,7 @@ def build_index(
     hnsw_m: int = 32,
     ef_search: int = 128,
     seed: int = 0,
+    device: str = "auto",
 ) -> VectorIndex:
     """Index the rows of ``x`` for inner-product search.
 
@@ -127,6 +175,7 @@ def build_index(
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search candidate-list size (change it later on the returned index).
         seed: random sample of the IVF training vectors and of its k-means.
+        device: ``auto`` (a GPU when faiss's GPU build sees one), ``cpu`` or ``cuda[:N]``.
 
     Returns:
         The :class:`VectorIndex`.
@@ -158,7 +207,21 @@ def build_index(
         logger.info("training an IVF index of %d cells on %d of %d vectors", cells, len(sample), n)
         index.train(sample)
     _add(index, x)
-    return VectorIndex(index, kind, int(index.ntotal), d, nprobe=nprobe, ef_search=ef_search)
+    gpu, resources = gpu_for(device, kind), None
+    if gpu is not None:
+        logger.info("moving the %s index of %d vectors to GPU %d", kind, n, gpu)
+        index, resources = to_gpu(index, gpu)
+    return VectorIndex(
+        index,
+        kind,
+        int(index.ntotal),
+        d,
+        nprobe=nprobe,
+        ef_search=ef_search,
+        gpu=gpu,
+        nlist=cells if kind == "ivf" else 0,
+        resources=resources,
+    )
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:

@@ -173,12 +173,14 @@ def search(
     query_names: Sequence[str] | None = None,
     db_names: Sequence[str] | None = None,
     workdir: Path | None = None,
+    device: str = "auto",
 ) -> SearchResult:
     """Nearest database images of every query image of the global file ``path``.
 
     Args:
         query_names, db_names: subsets of the file's images (default: all, both).
         workdir: where PR-MAC's temporary region file goes (default: next to ``path``).
+        device: where the faiss index lives (``auto``: a GPU when faiss's GPU build sees one).
     """
     path = Path(path)
     all_names = _read_names(path)
@@ -234,7 +236,7 @@ def search(
             raise SfmkitError(f"{path}: no database image to search; check the image list")
         db_rows = np.array([position[n] for n in database])
         q_rows = np.array([position[n] for n in queries])
-        index = build_index(vectors[db_rows], conf.index, auto_threshold=conf.auto_threshold)
+        index = build_index(vectors[db_rows], conf.index, auto_threshold=conf.auto_threshold, device=device)
         # PR-MAC re-ranks a shortlist that must hold at least the top-k
         depth = max(conf.shortlist, conf.top_k) if conf.aggregation == "prmac" else conf.top_k
         depth = min(depth + 1, len(database))  # +1: the query itself is in the database

@@ -7,6 +7,10 @@
   heights and zooms, turned left and right.
 * ``aerial``: a terrain with buildings (hip roofs) and trees, seen as in GL3D's drone
   captures: several altitudes (scales), nadir and oblique views, random headings.
+* ``survey``: the ``aerial`` terrain flown as a mapping drone flies it: nadir views on a
+  serpentine grid at one altitude and heading (GPS-like jitter), 81% / 70% overlap; the terrain
+  grows with the number of images, so the overlap does not. The large-collection scene of the
+  scaling benchmark.
 
 Units are metres; z is up. Cameras are :class:`~sfmkit.synth.cameras.PinholeCamera`
 (cam_from_world, COLMAP's pixel convention). Deterministic for a seed.
@@ -22,7 +26,7 @@ import trimesh
 from sfmkit.synth import meshes as m
 from sfmkit.synth.cameras import PinholeCamera, camera_towards
 
-SCENES = ("orbit", "facade", "aerial")
+SCENES = ("orbit", "facade", "aerial", "survey")
 
 
 @dataclass(frozen=True)
@@ -167,16 +171,21 @@ def facade_cameras(rng: np.random.Generator, n: int, size: tuple[int, int]) -> l
 # --------------------------------------------------------------------------- aerial
 
 
-def aerial_scene(rng: np.random.Generator, textures: m.TextureSource, detail: float) -> SynthScene:
+def aerial_scene(
+    rng: np.random.Generator, textures: m.TextureSource, detail: float, size: float = 140.0
+) -> SynthScene:
+    """Terrain of ``size`` x ``size`` m; buildings, trees and lamps keep their density per area."""
     edge = 1.5 / detail
-    size, reach = 140.0, 62.0  # terrain side; buildings and trees within +-reach
-    terrain = m.heightfield(rng, size, 140, 2.0)
+    area = (size / 140.0) ** 2
+    reach = 62.0 * size / 140.0  # buildings and trees within +-reach
+    terrain = m.heightfield(rng, size, int(round(size)), 2.0)
+    texture = min(8192, int(round(2048 * size / 140.0)))
     parts = [
-        m.textured_part(terrain, textures, max_edge=edge, mapping="top", texture_size=2048, name="terrain")
+        m.textured_part(terrain, textures, max_edge=edge, mapping="top", texture_size=texture, name="terrain")
     ]
     placed: list[tuple[float, float, float]] = []
     attempts = 0
-    while len(placed) < 70 and attempts < 4000:
+    while len(placed) < round(70 * area) and attempts < round(4000 * area):
         attempts += 1
         x, y = rng.uniform(-reach, reach, 2)
         sx, sy = rng.uniform(5, 12), rng.uniform(5, 10)
@@ -192,7 +201,7 @@ def aerial_scene(rng: np.random.Generator, textures: m.TextureSource, detail: fl
         )
         roof = m.hip_roof((sx, sy), (x, y, z + h + 0.5), yaw, rng.uniform(1.5, 3.5))
         parts.append(m.textured_part(roof, textures, max_edge=edge, texture_size=256, name="roof"))
-    for _ in range(60):  # trees
+    for _ in range(round(60 * area)):  # trees
         x, y = rng.uniform(-reach, reach, 2)
         if any(np.hypot(x - px, y - py) < pr + 2.0 for px, py, pr in placed):
             continue
@@ -201,7 +210,7 @@ def aerial_scene(rng: np.random.Generator, textures: m.TextureSource, detail: fl
             [m.cylinder(0.3, 2.5, (x, y, z - 0.2)), m.sphere(r, (x, y, z + 2.3 + 0.8 * r))]
         )
         parts.append(m.textured_part(tree, textures, max_edge=edge, texture_size=256, name="tree"))
-    spots = rng.uniform(-reach, reach, (40, 2))
+    spots = rng.uniform(-reach, reach, (round(40 * area), 2))
     lamps = np.array([[x, y, m.ground_height(terrain, x, y) + 8.0] for x, y in spots])
     return SynthScene("aerial", parts, _sun(rng), lamps, 10.0)
 
@@ -224,6 +233,43 @@ def aerial_cameras(rng: np.random.Generator, n: int, size: tuple[int, int]) -> l
     return cams
 
 
+#: The ``survey`` flight: height above z = 0, spacing along the strips (x) and between strips (y),
+#: in metres. With the default focal length (0.95 x width) a 4:3 view covers about 32 x 24 m at
+#: 30 m: 81% forward and 70% side overlap, whatever the number of images.
+SURVEY_ALTITUDE, SURVEY_STEP = 30.0, (6.0, 7.0)
+
+
+def _survey_grid(n: int) -> tuple[int, int]:
+    """Columns (images per strip) and rows (strips) of a roughly square survey of ``n`` images."""
+    cols = max(2, int(round(np.sqrt(n * SURVEY_STEP[1] / SURVEY_STEP[0]))))
+    return cols, max(1, int(np.ceil(n / cols)))
+
+
+def survey_scene(rng: np.random.Generator, textures: m.TextureSource, detail: float, n: int) -> SynthScene:
+    """The ``aerial`` terrain, sized to hold the survey of ``n`` images and its footprints."""
+    cols, rows = _survey_grid(n)
+    extent = max((cols - 1) * SURVEY_STEP[0], (rows - 1) * SURVEY_STEP[1])
+    return aerial_scene(rng, textures, detail, size=extent + 1.5 * SURVEY_ALTITUDE + 20.0)
+
+
+def survey_cameras(rng: np.random.Generator, n: int, size: tuple[int, int]) -> list[PinholeCamera]:
+    """A mapping flight: ``n`` nadir views on a serpentine grid (strips along x) centred on the
+    origin, one heading and focal length, with 0.5 m of position and height and 2 deg of heading
+    jitter (GPS and wind)."""
+    cols, rows = _survey_grid(n)
+    cams = []
+    for i in range(n):
+        row, k = divmod(i, cols)
+        col = k if row % 2 == 0 else cols - 1 - k
+        xy = np.array([(col - (cols - 1) / 2) * SURVEY_STEP[0], (row - (rows - 1) / 2) * SURVEY_STEP[1]])
+        target = np.append(xy + rng.normal(0.0, 0.5, 2), 0.0)
+        heading = np.radians(90.0 + rng.normal(0.0, 2.0))
+        offset = np.array([0.02 * np.cos(heading), 0.02 * np.sin(heading), SURVEY_ALTITUDE])
+        center = target + offset + np.array([0.0, 0.0, rng.normal(0.0, 0.5)])
+        cams.append(camera_towards(center, target, size, 0.95))
+    return cams
+
+
 def build(
     kind: str,
     n_images: int,
@@ -243,9 +289,13 @@ def build(
         "facade": (facade_scene, facade_cameras),
         "aerial": (aerial_scene, aerial_cameras),
     }
-    if kind not in builders:
+    if kind not in (*builders, "survey"):
         raise ValueError(f"unknown scene {kind!r}; choose among {SCENES}")
-    make_scene, make_cameras = builders[kind]
-    scene = make_scene(rng, textures, detail)
+    if kind == "survey":  # the terrain grows with the survey
+        scene = survey_scene(rng, textures, detail, n_images)
+        make_cameras = survey_cameras
+    else:
+        make_scene, make_cameras = builders[kind]
+        scene = make_scene(rng, textures, detail)
     cams = make_cameras(np.random.default_rng([seed, 1]), n_images, size)
     return scene, cams

@@ -1,0 +1,234 @@
+"""Scaling: time and peak memory of every stage of ``reconstruct --pairs retrieval:K`` against
+the number of images, on rendered drone surveys (``sfmkit synth --scene survey``) with exact
+ground truth; the local executor against Ray with 2 workers; incremental against global
+(GLOMAP) mapping of the same verified matches. Prints JSON lines and markdown tables, and draws
+a log-log plot.
+
+    python benchmarks/scale.py -o bench_out/scale --sizes 250 500 1000 2000 \\
+        [--image-size 320x240] [--top-k 10] [--ray-up-to 500] [--mappers global] [--threads -1]
+
+Each ``reconstruct`` runs in its own process (``sfmkit reconstruct``), so its per-stage peak
+memory (report.json, the driver process) is its own; with Ray the workers' memory is not in it.
+Scenes and runs already in the output folder are reused (delete them to measure again). The
+mappers use every core (``--threads -1``), as a user mapping thousands of images would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import subprocess
+import sys
+import time
+
+# before pycolmap (see sfmkit/__init__.py)
+import zlib  # noqa: F401
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pycolmap
+
+from sfmkit.eval.strecha import score_model
+from sfmkit.reconstruction.mapping import MapConf, map_images
+from sfmkit.utils.plots import plot_isolated, save_figure
+
+#: the stages whose time and memory are compared across sizes
+STAGES = ("extract", "retrieve", "match", "verify", "refine", "map")
+
+
+def synth(out: Path, n: int, size: str, seed: int) -> Path:
+    """The survey scene of ``n`` images (rendered once, then reused)."""
+    scene = out / f"survey-{n}"
+    if not (scene / "synth.json").is_file():
+        cmd = [
+            sys.executable,
+            "-m",
+            "sfmkit",
+            "synth",
+            str(scene),
+            "--scene",
+            "survey",
+            "-n",
+            str(n),
+            "--size",
+            size,
+        ]
+        subprocess.run([*cmd, "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL)
+    return scene
+
+
+def run_reconstruct(
+    scene: Path, work: Path, top_k: int, executor: str, workers: int, threads: int
+) -> dict[str, Any]:
+    """``sfmkit reconstruct`` in its own process; its report section and the wall time."""
+    report = work / "report.json"
+    wall = None
+    if not report.is_file() or "reconstruct" not in json.loads(report.read_text()):
+        cmd = [sys.executable, "-m", "sfmkit", "reconstruct", str(scene / "images"), "-o", str(work)]
+        cmd += ["--pairs", f"retrieval:{top_k}", "--executor", executor, "--num-threads", str(threads)]
+        if executor == "ray":
+            cmd += ["--workers", str(workers)]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+    section = json.loads(report.read_text())["reconstruct"]
+    section["wall_s"] = wall
+    return section
+
+
+def score(scene: Path, model: Path | None) -> dict[str, Any]:
+    rec = pycolmap.Reconstruction(str(model)) if model is not None and model.is_dir() else None
+    s = score_model(scene, rec)
+    pos = s.get("position_m", {})
+    return {
+        "registered": s["registered"],
+        "total": s["total"],
+        "position_cm": {k: round(v * 100, 2) for k, v in pos.items()},
+        "rotation_deg": s.get("rotation_deg"),
+    }
+
+
+def remap(scene: Path, section: dict[str, Any], work: Path, mapper: str, threads: int) -> dict[str, Any]:
+    """Map the run's verified matches again with ``mapper``; its time and model."""
+    outputs = section["outputs"]
+    start = time.perf_counter()
+    result = map_images(
+        replace(MapConf(), mapper=mapper, num_threads=threads),
+        scene / "images",
+        Path(outputs["verified"]),
+        Path(section["inputs"]["pairs"]),
+        work / f"sfm-{mapper}",
+        features=Path(outputs["refined"] or outputs["features"]),
+        overwrite=True,
+    )
+    return {"map_s": round(time.perf_counter() - start, 1), "model": result.path}
+
+
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log y against log x (the exponent of y ~ x^a)."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if y and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    den = sum((p[0] - mx) ** 2 for p in pts)
+    return round(sum((p[0] - mx) * (p[1] - my) for p in pts) / den, 2) if den else None
+
+
+def plot(path: Path, rows: list[dict[str, Any]]) -> Path:
+    from matplotlib.figure import Figure
+
+    local = sorted((r for r in rows if r["executor"] == "local"), key=lambda r: r["n"])
+    ns = [r["n"] for r in local]
+    fig = Figure(figsize=(11, 4.2))
+    ax_t, ax_m = fig.subplots(1, 2)
+    for stage in STAGES:
+        times = [r["seconds"].get(stage) for r in local]
+        if all(t for t in times):
+            ax_t.loglog(ns, times, "o-", label=stage)
+        mems = [r["peak_mb"].get(stage) for r in local]
+        if all(m for m in mems):
+            ax_m.loglog(ns, mems, "o-", label=stage)
+    ax_t.loglog(ns, [ns[0] and local[0]["seconds"]["total"] * n / ns[0] for n in ns], "k:", label="linear")
+    ax_t.set(xlabel="images", ylabel="seconds", title="time per stage (local executor)")
+    ax_m.set(xlabel="images", ylabel="peak resident memory (MB)", title="peak memory per stage")
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-o", "--output", type=Path, default=Path("bench_out/scale"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000, 2000])
+    parser.add_argument("--image-size", default="320x240")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ray-up-to", type=int, default=500, help="Ray runs for sizes up to this")
+    parser.add_argument("--threads", type=int, default=-1, help="mapper threads (-1: all cores)")
+    parser.add_argument("--mappers", nargs="*", default=["global"], choices=["global", "hierarchical"])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    pycolmap.logging.minloglevel = 2
+    args.output.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    mapper_rows: list[dict[str, Any]] = []
+    for n in args.sizes:
+        start = time.perf_counter()
+        scene = synth(args.output, n, args.image_size, args.seed)
+        print(f"# survey-{n}: rendered or reused in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        executors = ["local"] + (["ray"] if n <= args.ray_up_to else [])
+        for executor in executors:
+            work = args.output / f"run-{n}-{executor}"
+            section = run_reconstruct(scene, work, args.top_k, executor, args.workers, args.threads)
+            model = section["outputs"].get("model")
+            row = {
+                "n": n,
+                "executor": executor,
+                "seconds": section["timings"],
+                "peak_mb": section.get("peak_memory_mb", {}),
+                "wall_s": section["wall_s"],
+                "pairs": section["counts"].get("retrieve", {}).get("pairs"),
+                **score(scene, Path(model) if model else None),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if executor != "local":
+                continue
+            inc = {k: row[k] for k in ("registered", "total", "position_cm", "rotation_deg")}
+            mapper_rows.append(
+                {"n": n, "mapper": "incremental", "map_s": section["timings"].get("map"), **inc}
+            )
+            for mapper in args.mappers:
+                out = remap(scene, section, work, mapper, args.threads)
+                result = score(scene, out["model"])
+                mapper_rows.append({"n": n, "mapper": mapper, "map_s": out["map_s"], **result})
+                print(json.dumps(mapper_rows[-1]), flush=True)
+    (args.output / "scale.json").write_text(json.dumps({"runs": rows, "mappers": mapper_rows}, indent=2))
+    print_tables(rows, mapper_rows)
+    plot_isolated(plot, args.output / "scale.png", rows)
+
+
+def print_tables(rows: list[dict[str, Any]], mapper_rows: list[dict[str, Any]]) -> None:
+    stages = [s for s in STAGES if any(s in r["seconds"] for r in rows)]
+    print(
+        "\n| images | executor | " + " | ".join(f"{s} (s)" for s in stages) + " | total (s) "
+        "| peak MB (max stage) | registered | position median / mean (cm) |"
+    )
+    print("|---" * (len(stages) + 6) + "|")
+    for r in rows:
+        pos = r["position_cm"]
+        cells = [str(r["n"]), r["executor"], *(f"{r['seconds'].get(s, 0):.0f}" for s in stages)]
+        cells += [f"{r['seconds']['total']:.0f}", f"{r['peak_mb'].get('max', 0):.0f}"]
+        cells += [f"{r['registered']}/{r['total']}"]
+        cells += [f"{pos['median']:.1f} / {pos['mean']:.1f}" if pos else "-"]
+        print("| " + " | ".join(cells) + " |")
+    local = sorted((r for r in rows if r["executor"] == "local"), key=lambda r: r["n"])
+    if len(local) >= 2:
+        ns = [r["n"] for r in local]
+        print("\nlog-log slope against N (1 = linear), local executor:")
+        print("| stage | time | peak memory |\n|---|---|---|")
+        for s in [*stages, "total"]:
+            t = slope(ns, [r["seconds"].get(s) for r in local])
+            m = slope(ns, [r["peak_mb"].get(s if s != "total" else "max") for r in local])
+            print(f"| {s} | {t} | {m} |")
+    if mapper_rows:
+        print("\n| images | mapper | map (s) | registered | position median / mean (cm) | rotation (deg) |")
+        print("|---|---|---|---|---|---|")
+        for r in mapper_rows:
+            pos, rot = r["position_cm"], r["rotation_deg"]
+            cells = [str(r["n"]), r["mapper"], f"{r['map_s']:.0f}", f"{r['registered']}/{r['total']}"]
+            cells += [f"{pos['median']:.1f} / {pos['mean']:.1f}" if pos else "-"]
+            cells += [f"{rot['median']:.2f}" if rot else "-"]
+            print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
