@@ -190,8 +190,9 @@ def _extract_stage(
     )
 
 
-#: test hook: a file path; the first Ray task to find it absent creates it and kills its own
-#: worker before its second image, as a node failure would (the task is then retried)
+#: test hook: a path P; in each extraction stage (``features``, ``global``) the first Ray task to
+#: find ``P.<stage>`` absent creates it and kills its own worker before its second image, as a
+#: node failure would (the task is then retried)
 KILL_ONCE_ENV = "SFMKIT_TEST_KILL_WORKER_ONCE"
 
 
@@ -204,6 +205,7 @@ def _extract_chunk(
 
     torch.set_num_threads(1)  # one CPU per task
     marker = os.environ.get(KILL_ONCE_ENV)
+    marker = f"{marker}.{stage}" if marker else None  # once per stage (features, global)
 
     def make() -> Callable[[LoadedImage], dict[str, np.ndarray]]:
         extractor = _make(stage, conf, device)

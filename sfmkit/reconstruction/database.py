@@ -53,21 +53,22 @@ def create_database(
     image_ids: dict[str, int] = {}
     db = pycolmap.Database.open(str(db_path))
     try:
-        for group in group_images(names, info, camera_conf.mode):
-            camera = make_camera(camera_conf, info[group[0]], known_k)
-            camera_id = db.write_camera(camera)
-            camera.camera_id = camera_id
-            rig = pycolmap.Rig()
-            rig.add_ref_sensor(camera.sensor_id)
-            rig_id = db.write_rig(rig)
-            for name in group:
-                image = pycolmap.Image(name=name, camera_id=camera_id)
-                image.image_id = db.write_image(image)
-                frame = pycolmap.Frame()
-                frame.rig_id = rig_id
-                frame.add_data_id(image.data_id)
-                db.write_frame(frame)
-                image_ids[name] = image.image_id
+        with pycolmap.DatabaseTransaction(db):  # cameras, rigs, images and frames: one commit
+            for group in group_images(names, info, camera_conf.mode):
+                camera = make_camera(camera_conf, info[group[0]], known_k)
+                camera_id = db.write_camera(camera)
+                camera.camera_id = camera_id
+                rig = pycolmap.Rig()
+                rig.add_ref_sensor(camera.sensor_id)
+                rig_id = db.write_rig(rig)
+                for name in group:
+                    image = pycolmap.Image(name=name, camera_id=camera_id)
+                    image.image_id = db.write_image(image)
+                    frame = pycolmap.Frame()
+                    frame.rig_id = rig_id
+                    frame.add_data_id(image.data_id)
+                    db.write_frame(frame)
+                    image_ids[name] = image.image_id
         read = ((n, features.array((n,), "keypoints").astype(np.float32)) for n in names)
         for batch in _batches(track(read, "import keypoints", total=len(names)), TRANSACTION):
             with pycolmap.DatabaseTransaction(db):

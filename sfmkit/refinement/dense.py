@@ -108,6 +108,11 @@ class DenseWindows:
     def size(self) -> int:
         return int(self.data.shape[1])
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of the stored windows."""
+        return self.data.nelement() * self.data.element_size()
+
     def __len__(self) -> int:
         return len(self.data)
 
@@ -143,6 +148,11 @@ class PatchWindows:
     @property
     def size(self) -> int:
         return int(self.mean.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the stored windows."""
+        return sum(t.nelement() * t.element_size() for t in (self.gray, self.mean, self.inv))
 
     def __len__(self) -> int:
         return len(self.gray)

@@ -259,12 +259,13 @@ def _node_positions(tracks: Tracks, names: list[str], keypoints: dict[str, np.nd
     return out
 
 
-#: Most track nodes adjusted at a time: the feature windows and the solver's arrays of one chunk
-#: of tracks (a few GB at this size) are what the stage holds, whatever the collection's size.
-MAX_NODES = 500_000
+#: Memory of the feature windows of one chunk of tracks: the stage adjusts the tracks in chunks
+#: whose windows fit (about 500,000 keypoints with ``intensity`` windows, 70,000 with VGG
+#: conv1_2), so its memory stays bounded whatever the collection's size.
+MAX_WINDOW_BYTES = 1 << 30
 
 
-def track_chunks(tracks: Tracks, max_nodes: int = MAX_NODES) -> list[tuple[int, int]]:
+def track_chunks(tracks: Tracks, max_nodes: int) -> list[tuple[int, int]]:
     """Node ranges [start, stop) of consecutive whole tracks, each at most ``max_nodes`` nodes
     (a longer track alone). Tracks are independent problems, so each range is solved alone."""
     n = len(tracks.track)
@@ -302,13 +303,14 @@ def adjust(
     images: Path,
     device: str = "auto",
     max_shift: dict[str, float] | None = None,
-    max_nodes: int = MAX_NODES,
+    max_nodes: int | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The passes of the refinement: (N, 2) refined full-resolution positions of the track
     nodes (``position``: where they start), and a summary per pass. ``max_shift``: the largest
     total move per image in full-resolution pixels (default: ``conf.max_shift``). The tracks
-    are adjusted in chunks of at most ``max_nodes`` nodes (:func:`track_chunks`; the result is
-    the same), so memory stays bounded on large collections.
+    are adjusted in chunks of at most ``max_nodes`` nodes (default: as many as
+    :data:`MAX_WINDOW_BYTES` of windows hold; :func:`track_chunks`), so memory stays bounded on
+    large collections; on the CPU the result is exactly that of one problem.
 
     Raises:
         SfmkitError: an image's size differs from the one recorded in the feature file.
@@ -322,6 +324,9 @@ def adjust(
     cap = np.zeros((len(tracks.track), 1))
     for name, sel in zip(names, _by_image(tracks, len(names)), strict=True):
         cap[sel] = conf.max_shift if max_shift is None else max_shift[name]
+    if max_nodes is None:
+        per_node = windows_of.empty(1, int(np.ceil(conf.radius)) + 1).nbytes
+        max_nodes = max(1, MAX_WINDOW_BYTES // per_node)
     chunks = track_chunks(tracks, max_nodes)
     passes: list[dict[str, Any]] = []
     for k, (start, stop) in enumerate(chunks):
@@ -342,8 +347,11 @@ def adjust(
             if not passes
             else [_merge_pass(a, b) for a, b in zip(passes, chunk_passes, strict=True)]
         )
-    if len(chunks) > 1:
-        for summary in passes:
+    for summary in passes:
+        for key in ("cost_initial", "cost_final", "seconds_features", "seconds_solve"):
+            if key in summary:
+                summary[key] = round(summary[key], 3)
+        if len(chunks) > 1:
             summary["chunks"] = len(chunks)
     return position, passes
 
@@ -354,7 +362,7 @@ def _merge_pass(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out["sizes"] = sorted(set(a["sizes"]) | set(b["sizes"]))
     for key in ("cost_initial", "cost_final", "seconds_features", "seconds_solve"):
         if key in a or key in b:
-            out[key] = round(a.get(key, 0.0) + b.get(key, 0.0), 3)
+            out[key] = a.get(key, 0.0) + b.get(key, 0.0)
     out["iterations"] = max(a.get("iterations", 0), b.get("iterations", 0))
     return out
 
@@ -407,8 +415,8 @@ def _adjust_chunk(
             {
                 "sizes": sorted({str(plans[n][min(level, len(plans[n]) - 1)] or "full") for n in used_names}),
                 **stats,
-                "seconds_features": round(t1 - t0, 3),
-                "seconds_solve": round(time.perf_counter() - t1, 3),
+                "seconds_features": t1 - t0,
+                "seconds_solve": time.perf_counter() - t1,
             }
         )
         logger.debug("refinement pass %d: %s", level + 1, passes[-1])

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 KINDS = ("auto", "flat", "ivf", "hnsw")
 #: Index kinds faiss can move to a GPU.
 GPU_KINDS = ("flat", "ivf")
+#: faiss's GPU indexes return at most this many neighbours (and visit at most this many cells).
+GPU_MAX_K = 2048
 #: Vectors added to an index at a time.
 ADD_CHUNK = 65_536
 #: faiss k-means wants at least this many training vectors per IVF cell.
@@ -100,6 +102,11 @@ class VectorIndex:
         if chunk < 1:
             raise SfmkitError(f"the query chunk must be at least 1, got {chunk}")
         k = min(k, self.ntotal)
+        if self.gpu is not None and k > GPU_MAX_K:
+            raise SfmkitError(
+                f"a GPU index returns at most {GPU_MAX_K} neighbours, {k} were asked for; "
+                "build the index with device='cpu'"
+            )
         if self.kind == "ivf":
             nprobe = max(1, min(self.nprobe, self.nlist))
             if self.gpu is None:
@@ -127,7 +134,7 @@ def gpu_for(device: str, kind: str) -> int | None:
     """The CUDA device a ``kind`` index goes to for ``device`` (``auto``, ``cpu``, ``cuda[:N]``),
     or None: the CPU build of faiss, no visible GPU, ``cpu`` asked for, or a kind without a GPU
     version."""
-    if device == "cpu" or kind not in GPU_KINDS:
+    if kind not in GPU_KINDS or not (device == "auto" or device.startswith("cuda")):
         return None
     if not hasattr(faiss, "StandardGpuResources"):
         if device.startswith("cuda"):
@@ -175,7 +182,8 @@ def build_index(
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search candidate-list size (change it later on the returned index).
         seed: random sample of the IVF training vectors and of its k-means.
-        device: ``auto`` (a GPU when faiss's GPU build sees one), ``cpu`` or ``cuda[:N]``.
+        device: ``auto`` (a GPU when faiss's GPU build sees one), ``cpu`` or ``cuda[:N]``;
+            other torch devices (``mps``) keep the index on the CPU.
 
     Returns:
         The :class:`VectorIndex`.
@@ -210,7 +218,11 @@ def build_index(
     gpu, resources = gpu_for(device, kind), None
     if gpu is not None:
         logger.info("moving the %s index of %d vectors to GPU %d", kind, n, gpu)
-        index, resources = to_gpu(index, gpu)
+        try:
+            index, resources = to_gpu(index, gpu)
+        except RuntimeError as exc:  # e.g. out of GPU memory: the CPU index still works
+            logger.warning("could not move the index to GPU %d (%s); searching on the CPU", gpu, exc)
+            gpu = None
     return VectorIndex(
         index,
         kind,
