@@ -1,8 +1,9 @@
 """Scaling: time and peak memory of every stage of ``reconstruct --pairs retrieval:K`` against
 the number of images, on rendered drone surveys (``sfmkit synth --scene survey``) with exact
 ground truth; the local executor against Ray with 2 workers; incremental against global
-(GLOMAP) mapping of the same verified matches. Prints JSON lines and markdown tables, and draws
-a log-log plot.
+(GLOMAP) mapping of the same verified matches; COLMAP's SIFT pipeline matching the same
+retrieval pairs (its time has no retrieval in it). Prints JSON lines and markdown tables, and
+draws a log-log plot.
 
     python benchmarks/scale.py -o bench_out/scale --sizes 250 500 1000 2000 \\
         [--image-size 320x240] [--top-k 10] [--ray-up-to 500] [--mappers global] [--threads -1]
@@ -25,6 +26,7 @@ import time
 
 # before pycolmap (see sfmkit/__init__.py)
 import zlib  # noqa: F401
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from typing import Any
 import pycolmap
 
 from sfmkit.eval.strecha import score_model
+from sfmkit.io.images import list_images
+from sfmkit.pipelines.colmap_sift import run_colmap_sift
 from sfmkit.reconstruction.mapping import MapConf, map_images
 from sfmkit.utils.plots import plot_isolated, save_figure
 
@@ -91,8 +95,17 @@ def score(scene: Path, model: Path | None) -> dict[str, Any]:
     }
 
 
+def cached(path: Path, compute: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``compute(*args)``, saved to ``path`` and read from it on the next run."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = compute(*args)
+    path.write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
 def remap(scene: Path, section: dict[str, Any], work: Path, mapper: str, threads: int) -> dict[str, Any]:
-    """Map the run's verified matches again with ``mapper``; its time and model."""
+    """Map the run's verified matches again with ``mapper``: its time and scores."""
     outputs = section["outputs"]
     start = time.perf_counter()
     result = map_images(
@@ -104,7 +117,16 @@ def remap(scene: Path, section: dict[str, Any], work: Path, mapper: str, threads
         features=Path(outputs["refined"] or outputs["features"]),
         overwrite=True,
     )
-    return {"map_s": round(time.perf_counter() - start, 1), "model": result.path}
+    return {"map_s": round(time.perf_counter() - start, 1), **score(scene, result.path)}
+
+
+def colmap_sift(scene: Path, section: dict[str, Any], work: Path) -> dict[str, Any]:
+    """COLMAP's SIFT pipeline on the same images and the same (sfmkit retrieval) pairs."""
+    names = list_images(scene / "images").names
+    result = run_colmap_sift(
+        scene / "images", names, work / "colmap-sift", pairs=Path(section["inputs"]["pairs"])
+    )
+    return {"seconds": result.timings, **score(scene, result.path)}
 
 
 def slope(xs: list[float], ys: list[float]) -> float | None:
@@ -153,6 +175,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ray-up-to", type=int, default=500, help="Ray runs for sizes up to this")
     parser.add_argument("--threads", type=int, default=-1, help="mapper threads (-1: all cores)")
+    parser.add_argument(
+        "--sift-up-to", type=int, default=2000, help="COLMAP SIFT (on the same pairs) for sizes up to this"
+    )
     parser.add_argument("--mappers", nargs="*", default=["global"], choices=["global", "hierarchical"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -187,13 +212,22 @@ def main() -> None:
                 {"n": n, "mapper": "incremental", "map_s": section["timings"].get("map"), **inc}
             )
             for mapper in args.mappers:
-                out = remap(scene, section, work, mapper, args.threads)
-                result = score(scene, out["model"])
-                mapper_rows.append({"n": n, "mapper": mapper, "map_s": out["map_s"], **result})
+                out = cached(
+                    work / f"mapper-{mapper}.json", remap, scene, section, work, mapper, args.threads
+                )
+                mapper_rows.append({"n": n, "mapper": mapper, **out})
                 print(json.dumps(mapper_rows[-1]), flush=True)
+            if n <= args.sift_up_to:
+                sift = cached(work / "colmap-sift.json", colmap_sift, scene, section, work)
+                rows.append({"n": n, "executor": "COLMAP SIFT", "peak_mb": {}, "wall_s": None, **sift})
+                print(json.dumps(rows[-1]), flush=True)
     (args.output / "scale.json").write_text(json.dumps({"runs": rows, "mappers": mapper_rows}, indent=2))
     print_tables(rows, mapper_rows)
     plot_isolated(plot, args.output / "scale.png", rows)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def print_tables(rows: list[dict[str, Any]], mapper_rows: list[dict[str, Any]]) -> None:
@@ -205,8 +239,8 @@ def print_tables(rows: list[dict[str, Any]], mapper_rows: list[dict[str, Any]]) 
     print("|---" * (len(stages) + 6) + "|")
     for r in rows:
         pos = r["position_cm"]
-        cells = [str(r["n"]), r["executor"], *(f"{r['seconds'].get(s, 0):.0f}" for s in stages)]
-        cells += [f"{r['seconds']['total']:.0f}", f"{r['peak_mb'].get('max', 0):.0f}"]
+        cells = [str(r["n"]), r["executor"], *(_num(r["seconds"].get(s)) for s in stages)]
+        cells += [_num(r["seconds"]["total"]), _num(r["peak_mb"].get("max"))]
         cells += [f"{r['registered']}/{r['total']}"]
         cells += [f"{pos['median']:.1f} / {pos['mean']:.1f}" if pos else "-"]
         print("| " + " | ".join(cells) + " |")

@@ -31,11 +31,14 @@ def run_colmap_sift(
     intrinsics: Path | None = None,
     camera_mode: str = "auto",
     seed: int = 0,
+    pairs: Path | None = None,
 ) -> ColmapSiftResult:
     """Reconstruct ``image_names`` with COLMAP's SIFT pipeline.
 
     ``camera_mode`` is COLMAP's (``auto``, ``single``, ``per-image``, ``per-folder``); with
-    ``intrinsics`` every image gets that fixed PINHOLE camera."""
+    ``intrinsics`` every image gets that fixed PINHOLE camera. ``pairs``: match only the pairs
+    of this file (one ``name1 name2`` per line, e.g. sfmkit's retrieval pairs) instead of every
+    pair, as on large collections."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -62,7 +65,11 @@ def run_colmap_sift(
             device=pycolmap.Device.cpu,
         )
     with timer.stage("match"):
-        pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+        if pairs is None:
+            pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+        else:
+            listed = pycolmap.ImportedPairingOptions(match_list_path=str(pairs))
+            pycolmap.match_image_pairs(db, pairing_options=listed, device=pycolmap.Device.cpu)
     pycolmap.set_random_seed(seed)
     with timer.stage("map"):
         models = pycolmap.incremental_mapping(db, image_dir, out_dir / "models", options)
