@@ -263,6 +263,8 @@ def _node_positions(tracks: Tracks, names: list[str], keypoints: dict[str, np.nd
 #: whose windows fit (about 500,000 keypoints with ``intensity`` windows, 70,000 with VGG
 #: conv1_2), so its memory stays bounded whatever the collection's size.
 MAX_WINDOW_BYTES = 1 << 30
+#: Pass-summary figures that add up over chunks.
+_SUMMED = ("cost_initial", "cost_final", "seconds_features", "seconds_solve")
 
 
 def track_chunks(tracks: Tracks, max_nodes: int) -> list[tuple[int, int]]:
@@ -324,8 +326,9 @@ def adjust(
     cap = np.zeros((len(tracks.track), 1))
     for name, sel in zip(names, _by_image(tracks, len(names)), strict=True):
         cap[sel] = conf.max_shift if max_shift is None else max_shift[name]
+    half = int(np.ceil(conf.radius)) + 1  # window half-size, in pixels of each pass's image
     if max_nodes is None:
-        per_node = windows_of.empty(1, int(np.ceil(conf.radius)) + 1).nbytes
+        per_node = windows_of.empty(1, half).nbytes
         max_nodes = max(1, MAX_WINDOW_BYTES // per_node)
     chunks = track_chunks(tracks, max_nodes)
     passes: list[dict[str, Any]] = []
@@ -340,6 +343,7 @@ def adjust(
             sizes,
             images,
             windows_of,
+            half,
             label,
         )
         passes = (
@@ -348,7 +352,7 @@ def adjust(
             else [_merge_pass(a, b) for a, b in zip(passes, chunk_passes, strict=True)]
         )
     for summary in passes:
-        for key in ("cost_initial", "cost_final", "seconds_features", "seconds_solve"):
+        for key in _SUMMED:
             if key in summary:
                 summary[key] = round(summary[key], 3)
         if len(chunks) > 1:
@@ -360,7 +364,7 @@ def _merge_pass(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """One pass's summary over two chunks: costs and times add, iterations is the largest."""
     out = dict(a)
     out["sizes"] = sorted(set(a["sizes"]) | set(b["sizes"]))
-    for key in ("cost_initial", "cost_final", "seconds_features", "seconds_solve"):
+    for key in _SUMMED:
         if key in a or key in b:
             out[key] = a.get(key, 0.0) + b.get(key, 0.0)
     out["iterations"] = max(a.get("iterations", 0), b.get("iterations", 0))
@@ -376,11 +380,11 @@ def _adjust_chunk(
     sizes: dict[str, tuple[int, int]],
     images: Path,
     windows_of: WindowFeatures,
+    half: int,
     label: str,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """:func:`adjust` for one chunk of whole tracks."""
     original = position.copy()
-    half = int(np.ceil(conf.radius)) + 1
     solver = SolverConf(radius=conf.radius, loss_scale=conf.loss_scale, iterations=conf.iterations)
     per_image = _by_image(tracks, len(names))
     plans = {n: _level_sizes(conf.levels, sizes[n]) for n in names}
@@ -388,9 +392,10 @@ def _adjust_chunk(
     # one buffer for every pass (the largest allocation of the stage)
     windows = windows_of.empty(len(tracks.track), half)
     scale = np.ones((len(tracks.track), 2))
+    used = [(n, sel) for n, sel in zip(names, per_image, strict=True) if len(sel)]  # images in the chunk
+    used_names = [n for n, _ in used]
     for level in range(max(len(p) for p in plans.values())):
         t0 = time.perf_counter()
-        used = [(n, sel) for n, sel in zip(names, per_image, strict=True) if len(sel)]
         for name, sel in track(used, f"{label}: features of pass {level + 1}"):
             plan = plans[name]
             loaded = read_image(images / name, plan[min(level, len(plan) - 1)])
@@ -410,7 +415,6 @@ def _adjust_chunk(
         total = position - original
         norm = np.linalg.norm(total, axis=1, keepdims=True)
         position = np.where(norm > cap, original + total * (cap / np.maximum(norm, 1e-12)), position)
-        used_names = [n for n, _ in used]
         passes.append(
             {
                 "sizes": sorted({str(plans[n][min(level, len(plans[n]) - 1)] or "full") for n in used_names}),

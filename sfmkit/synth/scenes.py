@@ -288,14 +288,12 @@ def build(
         "orbit": (orbit_scene, orbit_cameras),
         "facade": (facade_scene, facade_cameras),
         "aerial": (aerial_scene, aerial_cameras),
+        # the terrain grows with the survey
+        "survey": (lambda r, t, d: survey_scene(r, t, d, n_images), survey_cameras),
     }
-    if kind not in (*builders, "survey"):
+    if kind not in builders:
         raise ValueError(f"unknown scene {kind!r}; choose among {SCENES}")
-    if kind == "survey":  # the terrain grows with the survey
-        scene = survey_scene(rng, textures, detail, n_images)
-        make_cameras = survey_cameras
-    else:
-        make_scene, make_cameras = builders[kind]
-        scene = make_scene(rng, textures, detail)
+    make_scene, make_cameras = builders[kind]
+    scene = make_scene(rng, textures, detail)
     cams = make_cameras(np.random.default_rng([seed, 1]), n_images, size)
     return scene, cams
