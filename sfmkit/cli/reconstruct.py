@@ -103,7 +103,8 @@ def reconstruct_cmd(
         typer.Option(
             "--refine",
             help="Featuremetric keypoint adjustment before mapping: keypoints or none "
-            "(default: by feature type; on for the learned features).",
+            "(default: by feature type; on for the learned features); keypoints+ba also "
+            "adjusts the mapped model featuremetrically (written to OUT/sfm-ba).",
         ),
     ] = None,  # type: ignore[valid-type]
     camera_mode: CameraModeOpt = CameraMode("auto"),  # type: ignore[call-arg]

@@ -1,4 +1,5 @@
-"""The stage commands: ``sfmkit extract``, ``retrieve``, ``match``, ``verify``, ``refine`` and ``map``.
+"""The stage commands: ``sfmkit extract``, ``retrieve``, ``match``, ``verify``, ``refine``, ``map``
+and ``bundle-adjust``.
 
 Each runs one stage into an output folder (resuming what it already holds) and ends with a
 summary table and its section of ``report.json``.
@@ -60,6 +61,7 @@ from sfmkit.matching import match as match_mod
 from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import map_images
 from sfmkit.refinement import refine as refine_mod
+from sfmkit.refinement.bundle import BundleConf, bundle_adjust
 from sfmkit.retrieval.search import AGGREGATIONS, WHITENINGS, SearchConf
 from sfmkit.utils.config import conf_to_dict, replace
 from sfmkit.utils.report import write_report
@@ -375,6 +377,49 @@ def map_cmd(
     print_unregistered(result)
 
 
+@handle_errors
+def bundle_adjust_cmd(
+    model: Annotated[Path, typer.Argument(help="Model folder made by `sfmkit map` (reconstruct: OUT/sfm).")],
+    images: Annotated[Path, typer.Argument(help="The image folder the model was made from.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder of the adjusted model.")],
+    window: Annotated[int | None, typer.Option("--window", help="Side of the NCC window (pixels).")] = None,
+    radius: Annotated[
+        float | None, typer.Option("--radius", help="Largest move of a projection (full-resolution pixels).")
+    ] = None,
+    loss_scale: Annotated[
+        float | None, typer.Option("--loss-scale", help="Scale of the Cauchy loss.")
+    ] = None,
+    points_only: Annotated[
+        bool, typer.Option("--points-only", help="Keep the poses; adjust the points.")
+    ] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Featuremetric bundle adjustment: move points and poses so that the image windows at each
+    point's projections agree with the point's reference (intrinsics fixed)."""
+    conf = replace(
+        BundleConf(),
+        window=window,
+        radius=radius,
+        loss_scale=loss_scale,
+        poses=False if points_only else None,
+    )
+    start = time.perf_counter()
+    result = bundle_adjust(conf, model, images, output, overwrite=overwrite)
+    seconds = time.perf_counter() - start
+    stats = result.stats
+    rows = [
+        ("points / observations", f"{stats.get('points', 0)} / {stats.get('observations', 0)}"),
+        ("cost", f"{stats.get('cost_initial', 0):.1f} -> {stats.get('cost_final', 0):.1f}"),
+        (
+            "projection moves median / p90 (px)",
+            "{median:.2f} / {p90:.2f}".format(
+                **stats.get("projection_shift_px", {"median": 0.0, "p90": 0.0})
+            ),
+        ),
+    ]
+    finish(output, "bundle-adjust", conf, result.path, seconds, stats, rows)
+
+
 def register(app: typer.Typer) -> None:
     app.command("extract")(extract_cmd)
     app.command("retrieve")(retrieve_cmd)
@@ -382,3 +427,4 @@ def register(app: typer.Typer) -> None:
     app.command("verify")(verify_cmd)
     app.command("refine")(refine_cmd)
     app.command("map")(map_cmd)
+    app.command("bundle-adjust")(bundle_adjust_cmd)

@@ -25,8 +25,9 @@ from sfmkit.matching import match as match_mod
 from sfmkit.matching.match import AnyMatchConf, match
 from sfmkit.pipelines import checks
 from sfmkit.pipelines.retrieve import retrieve
-from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images
+from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images, reconstruction_stats
 from sfmkit.refinement import refine as refine_mod
+from sfmkit.refinement.bundle import BundleConf, bundle_adjust
 from sfmkit.refinement.refine import RefineConf, refine
 from sfmkit.retrieval.pair_filter import PairFilterConf, filter_pairs, load_verifier
 from sfmkit.retrieval.search import SearchConf
@@ -38,8 +39,11 @@ from sfmkit.utils.timing import StageTimer
 logger = logging.getLogger(__name__)
 
 
-#: ``--refine`` values: no refinement, or featuremetric keypoint adjustment.
-REFINE_CHOICES = ("none", "keypoints")
+#: ``--refine`` values: no refinement, featuremetric keypoint adjustment, or that and then a
+#: featuremetric bundle adjustment of the mapped model (:mod:`sfmkit.refinement.bundle`).
+REFINE_CHOICES = ("none", "keypoints", "keypoints+ba")
+#: what ``--refine`` appends to a keypoint refinement for the bundle adjustment after mapping
+BA_SUFFIX = "+ba"
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class ReconstructConf:
     """The whole job. ``matcher``, ``verify`` and ``refine`` default (None) to the feature
     type's usual ones; ``best_pairs`` then overrides that verification's setting. ``refine`` is
     ``none``, ``keypoints`` (the default featuremetric adjustment) or a preset of
-    :data:`sfmkit.refinement.refine.CONFS`."""
+    :data:`sfmkit.refinement.refine.CONFS`, optionally followed by ``+ba`` (a featuremetric
+    bundle adjustment after mapping, ``bundle``)."""
 
     features: FeatureConf = field(default_factory=lambda: get_conf("dense-vgg16"))
     matcher: AnyMatchConf | None = None
@@ -57,14 +62,23 @@ class ReconstructConf:
     best_pairs: int | None = None
     refine: str | None = None
     pair_filter: PairFilterConf | None = None
+    bundle: BundleConf = field(default_factory=BundleConf)
 
     def __post_init__(self) -> None:
         if self.matcher is not None:  # refused before any extraction
             match_mod.check_matcher(self.matcher, type(self.features))
-        if self.refine is not None and self.refine not in (*REFINE_CHOICES, *refine_mod.CONFS):
-            raise ConfigError(
-                f"unknown refinement {self.refine!r}; choose among {[*REFINE_CHOICES, *refine_mod.CONFS]}"
-            )
+        if self.refine is not None:
+            base = self.refine.removesuffix(BA_SUFFIX)
+            if base not in (*REFINE_CHOICES, *refine_mod.CONFS) or (base != self.refine and base == "none"):
+                known = [*REFINE_CHOICES, *refine_mod.CONFS]
+                raise ConfigError(
+                    f"unknown refinement {self.refine!r}; choose among {known} "
+                    f"(a keypoint refinement may end in {BA_SUFFIX})"
+                )
+
+    def bundle_conf(self) -> BundleConf | None:
+        """The featuremetric bundle adjustment after mapping, or None."""
+        return self.bundle if (self.refine or "").endswith(BA_SUFFIX) else None
 
     def stage_confs(self) -> tuple[AnyMatchConf, VerifyConf, RefineConf | None]:
         """The matcher, verification and keypoint refinement (None: none) actually used."""
@@ -73,6 +87,7 @@ class ReconstructConf:
         if self.best_pairs is not None:
             verification = dataclasses.replace(verification, best_pairs=self.best_pairs)
         name = self.features.default_refinement if self.refine is None else self.refine
+        name = name.removesuffix(BA_SUFFIX)
         name = "featuremetric" if name == "keypoints" else name
         return matcher, verification, None if name == "none" else refine_mod.CONFS[name]
 
@@ -97,12 +112,15 @@ class ReconstructResult:
 def run_config(conf: ReconstructConf) -> dict[str, Any]:
     """What ``report.json`` records as the run's configuration (the stage presets resolved)."""
     matcher, verification, refinement = conf.stage_confs()
-    return {
-        **conf_to_dict(conf),
+    config = {
+        **{k: v for k, v in conf_to_dict(conf).items() if k != "bundle"},
         "matcher": conf_to_dict(matcher),
         "verify": conf_to_dict(verification),
         "refine": None if refinement is None else conf_to_dict(refinement),
     }
+    if conf.bundle_conf() is not None:  # recorded only when used
+        config["bundle"] = conf_to_dict(conf.bundle)
+    return config
 
 
 def preflight(
@@ -245,6 +263,13 @@ def _run_stages(
         result = map_images(
             conf.mapping, images, verified, pairs, out_dir / "sfm", features=keypoints, overwrite=overwrite
         )
+    bundle = conf.bundle_conf()
+    if bundle is not None and result.reconstruction is not None:
+        with timer.stage("bundle"):
+            adjusted = bundle_adjust(bundle, result.path, images, out_dir / "sfm-ba", overwrite=overwrite)
+        counts["bundle"] = adjusted.stats
+        stats = {**result.stats, **reconstruction_stats(adjusted.reconstruction, result.stats["images"])}
+        result = MapResult(adjusted.path, adjusted.reconstruction, stats)
     report = write_report(
         out_dir,
         "reconstruct",
