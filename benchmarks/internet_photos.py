@@ -6,7 +6,8 @@ With no ground truth, each model is compared with COLMAP SIFT's: the mean angle 
 relative rotations of the images both registered (alignment-free), and the ratio of focal
 lengths. Prints JSON and a markdown table.
 
-    python benchmarks/internet_photos.py ../shared/datasets/sacre_coeur/mapping -o bench_out
+    python benchmarks/internet_photos.py ../shared/datasets/sacre_coeur/mapping -o bench_out \
+        [--methods "sfmkit dense-vgg16" ...] [--max-size 640 ...]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sfmkit.io.poses import model_poses
 from sfmkit.pipelines.methods import colmap_sift_runner, sfmkit_runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
 from sfmkit.reconstruction.mapping import reconstruction_stats
+from sfmkit.utils.config import replace
 
 
 def focal_ratio(ref: pycolmap.Reconstruction, est: pycolmap.Reconstruction) -> float:
@@ -50,6 +52,13 @@ def main() -> None:
     parser.add_argument(
         "--methods", nargs="+", default=None, help="sfmkit rows to run (default: all); COLMAP always runs"
     )
+    parser.add_argument(
+        "--max-size",
+        nargs="*",
+        type=int,
+        default=[],
+        help="further dense VGG16 rows at these extraction sizes ('sfmkit dense-vgg16 <N>px')",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pycolmap.logging.minloglevel = 2
@@ -64,6 +73,11 @@ def main() -> None:
         "sfmkit sift": sfmkit_runner(ReconstructConf(features=get_conf("sift"))),
         "aliked + lightglue": sfmkit_runner(ReconstructConf(features=get_conf("aliked"))),
     }
+    for size in args.max_size:
+        conf = ReconstructConf(features=replace(get_conf("dense-vgg16"), max_size=size))
+        sfmkit_runners[f"sfmkit dense-vgg16 {size}px"] = sfmkit_runner(conf)
+    if args.methods is not None:
+        args.methods += [f"sfmkit dense-vgg16 {size}px" for size in args.max_size]
     unknown = set(args.methods or []) - set(sfmkit_runners)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose among {sorted(sfmkit_runners)}")

@@ -102,3 +102,32 @@ def test_reconstruct_with_retrieval_pairs(cli, rendered_scene, tmp_path):
     assert "retrieve" in section["timings"] and section["counts"]["retrieve"]["pairs"] < 28
     bad = cli(*args[:-1], "retrieval:x")
     assert bad.exit_code == 2 and "retrieval:K" in bad.output
+
+
+@pytest.mark.slow
+def test_reconstruct_with_featuremetric_bundle_adjustment(cli, rendered_scene, tmp_path):
+    """--refine keypoints+ba maps, then adjusts the model into sfm-ba/, which is the result."""
+    scene_dir, scene = rendered_scene
+    out = tmp_path / "out"
+    args = [
+        "reconstruct",
+        scene_dir / "images",
+        "-o",
+        out,
+        "--pairs",
+        "sequential:3",
+        "--refine",
+        "keypoints+ba",
+    ]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    section = json.loads((out / "report.json").read_text())["reconstruct"]
+    assert section["outputs"]["model"] == str(out / "sfm-ba")
+    assert "bundle" in section["timings"] and section["counts"]["bundle"]["observations"] > 1000
+    assert section["config"]["bundle"]["window"] == 11
+    rec = pycolmap.Reconstruction(out / "sfm-ba")
+    assert rec.num_reg_images() == 8 and (out / "sfm-ba" / "ba-run.json").is_file()
+    errors = pose_errors({n: c.pose for n, c in read_scene(scene_dir).items()}, model_poses(rec))
+    assert max(errors.position.values()) < 0.01 * scene.extent
+    again = cli(*args)  # everything reused, the adjustment included
+    assert again.exit_code == 0, again.output

@@ -47,9 +47,9 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BundleConf:
     """Attributes:
-    window: side of the ``intensity`` (normalised cross-correlation) window. 11 and a loss scale
-        of 0.5 were the best of (7, 9, 11) x (0.25, 0.5, 1.0) on both Strecha scenes with known
-        intrinsics (benchmarks/README.md).
+    window: side of the ``intensity`` (normalised cross-correlation) window. 11 with a loss
+        scale of 0.5 had the lowest camera error over both Strecha scenes with known
+        intrinsics of the settings tried (benchmarks/README.md).
     radius: largest move of a projection from where mapping left it, full-resolution pixels.
     loss_scale: scale c of the Cauchy loss, a feature distance (unit features: 0 .. 2).
     rounds: alternations of the point block and the pose block.
@@ -60,8 +60,8 @@ class BundleConf:
     window: int = 11
     radius: float = 3.0
     loss_scale: float = 0.5
-    rounds: int = 4
-    iterations: int = 3
+    rounds: int = 3
+    iterations: int = 2
     poses: bool = True
 
     def __post_init__(self) -> None:
@@ -199,9 +199,9 @@ class _Problem:
         return windows, torch.from_numpy(window_origins(centres, self.half)).double()
 
     def sample(self, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (O, C) and their derivatives (O, C, 2) at image coordinates ``uv``."""
-        f, jac = self.windows.sample((uv - 0.5 - self.origins).float())
-        return f.double(), jac.double()
+        """Features (O, C) and their derivatives (O, C, 2), float32, at image coordinates
+        ``uv`` (float64: the geometry is solved in double precision, the features are not)."""
+        return self.windows.sample((uv - 0.5 - self.origins).float())
 
     def _references(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each point's reference feature (P, C), and which observations take part (O,): those
@@ -212,11 +212,11 @@ class _Problem:
         count = torch.zeros(len(self.X), dtype=torch.long).index_add_(0, self.point, inside.long())
         valid = inside & (count[self.point] >= 2)
         c = self.conf.loss_scale
-        weight = valid.double()
-        ref = torch.zeros(len(self.X), f.shape[1], dtype=torch.float64)
+        weight = valid.float()
+        ref = torch.zeros(len(self.X), f.shape[1])
         for _ in range(4):  # Cauchy-weighted mean (IRLS)
             num = torch.zeros_like(ref).index_add_(0, self.point, f * weight[:, None])
-            den = torch.zeros(len(self.X), dtype=torch.float64).index_add_(0, self.point, weight)
+            den = torch.zeros(len(self.X)).index_add_(0, self.point, weight)
             ref = num / den.clamp_min(1e-12)[:, None]
             _, w = _robust(((f - ref[self.point]) ** 2).sum(1), c)
             weight = w * valid
@@ -230,7 +230,7 @@ class _Problem:
         f, jac = self.sample(uv)
         r = f - self.ref[self.point]
         c = self.conf.loss_scale
-        rho, _ = _robust((r * r).sum(1), c)
+        rho, _ = _robust((r * r).sum(1).double(), c)
         worst, _ = _robust(torch.tensor(4.0, dtype=rho.dtype), c)
         inside = (uv - self.start).norm(dim=1) <= self.conf.radius
         return r, jac, torch.where(inside, rho, worst) * self.valid
@@ -263,9 +263,13 @@ def _lm_block(
             dxc = prob.R[prob.image]  # d xc / d X
         else:  # left perturbation: xc' = exp(w) xc + dt
             dxc = torch.cat([-_skew(xc), torch.eye(3, dtype=xc.dtype).expand(len(xc), 3, 3)], dim=2)
-        jp = torch.einsum("ocu,oux,oxk->ock", jac, duv, dxc)  # (O, C, dim)
-        hess = _sum_by(owner, torch.einsum("oci,ocj,o->oij", jp, jp, w), count)
-        grad = _sum_by(owner, torch.einsum("oci,oc,o->oi", jp, r, w), count)
+        # the C feature channels are summed out first: J^T J = A^T (Juv^T Juv) A with
+        # A = d uv / d params (O, 2, dim), so no (O, C, dim) Jacobian is formed
+        a = duv @ dxc
+        gram = torch.einsum("ocu,ocv->ouv", jac, jac).double() * w[:, None, None]
+        hess = _sum_by(owner, a.transpose(1, 2) @ gram @ a, count)
+        juv_r = torch.einsum("ocu,oc->ou", jac, r).double() * w[:, None]
+        grad = _sum_by(owner, (a.transpose(1, 2) @ juv_r[..., None])[..., 0], count)
         diag = torch.diagonal(hess, dim1=1, dim2=2)
         damped = hess + torch.diag_embed(lam[:, None] * diag + 1e-12)
         delta = -torch.linalg.solve(damped, grad[..., None])[..., 0]
