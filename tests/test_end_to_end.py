@@ -37,6 +37,39 @@ def test_reconstruct_rendered_scene_registers_all_and_is_accurate(reconstructed_
     assert section["config"]["features"]["name"] == "dense-vgg16"
 
 
+def test_a_run_stopped_in_a_stage_keeps_the_figures_of_the_stages_before(
+    reconstructed_scene, tmp_path, monkeypatch
+):
+    """Each finished stage updates the report's ``reconstruct-progress`` section; the finished
+    run's ``reconstruct`` section stays until a run finishes, which drops the progress."""
+    import sfmkit.pipelines.reconstruct as pipeline
+    from sfmkit.errors import SfmkitError
+
+    out = tmp_path / "out"
+    shutil.copytree(reconstructed_scene.out, out)  # every stage file there: the stages reuse them
+    images = reconstructed_scene.scene_dir / "images"
+    before = json.loads((out / "report.json").read_text())["reconstruct"]
+
+    def killed(*args, **kwargs):
+        raise SfmkitError("stopped in map")
+
+    monkeypatch.setattr(pipeline, "map_images", killed)
+    with pytest.raises(SfmkitError, match="stopped in map"):
+        pipeline.reconstruct(pipeline.ReconstructConf(), images, out)
+    report = json.loads((out / "report.json").read_text())
+    progress = report[pipeline.PROGRESS_SECTION]
+    assert progress["status"] == "running" and progress["last_stage"] == "map"
+    assert set(progress["timings"]) >= {"extract", "match", "verify", "refine", "map"}
+    assert progress["peak_memory_mb"]["refine"] > 0 and progress["counts"]["verify"]
+    assert report["reconstruct"] == before
+    monkeypatch.undo()
+    pipeline.reconstruct(pipeline.ReconstructConf(), images, out)
+    report = json.loads((out / "report.json").read_text())
+    assert (
+        pipeline.PROGRESS_SECTION not in report and report["reconstruct"]["reconstruction"]["registered"] == 8
+    )
+
+
 def test_stage_commands_chain_like_reconstruct(cli, rendered_scene, tmp_path):
     """Each stage command in turn; image names with spaces and sub-folders."""
     scene_dir, _ = rendered_scene

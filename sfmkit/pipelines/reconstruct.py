@@ -39,6 +39,9 @@ from sfmkit.utils.timing import StageTimer
 logger = logging.getLogger(__name__)
 
 
+#: The report section a running ``reconstruct`` updates after each stage (dropped when it finishes).
+PROGRESS_SECTION = "reconstruct-progress"
+
 #: ``--refine`` values: no refinement, featuremetric keypoint adjustment, or that and then a
 #: featuremetric bundle adjustment of the mapped model (:mod:`sfmkit.refinement.bundle`).
 REFINE_CHOICES = ("none", "keypoints", "keypoints+ba")
@@ -199,8 +202,25 @@ def _run_stages(
     executor: ExecutorConf,
 ) -> ReconstructResult:
     matcher, verification, refinement = conf.stage_confs()
-    timer = StageTimer()
     counts: dict[str, Any] = {}
+
+    def progress_report(stage: str) -> None:
+        """After each stage, the figures so far in the section ``reconstruct-progress`` (the
+        finished run's section is replaced only when this run finishes): a run stopped later
+        (killed, out of memory, interrupted) keeps the figures of the stages it ran."""
+        write_report(
+            out_dir,
+            PROGRESS_SECTION,
+            status="running",
+            last_stage=stage,
+            config=run_config(conf),
+            inputs={"images": str(Path(images).resolve())},
+            counts=counts,
+            timings=timer.as_dict(),
+            peak_memory_mb=timer.peak_memory(),
+        )
+
+    timer = StageTimer(after=progress_report)
     with timer.stage("extract"):
         feats = extract(
             conf.features,
@@ -273,6 +293,7 @@ def _run_stages(
     report = write_report(
         out_dir,
         "reconstruct",
+        drop=(PROGRESS_SECTION,),
         config=run_config(conf),
         inputs={"images": str(Path(images).resolve()), "pairs": str(pairs)},
         outputs={

@@ -28,8 +28,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-def write_report(out_dir: Path, command: str, **section: Any) -> Path:
-    """Write the ``command`` section of ``out_dir/report.json`` (other sections are kept)."""
+def write_report(out_dir: Path, command: str, *, drop: tuple[str, ...] = (), **section: Any) -> Path:
+    """Write the ``command`` section of ``out_dir/report.json``; other sections are kept, except
+    those named in ``drop``."""
     path = Path(out_dir) / "report.json"
     report: dict[str, Any] = {}
     if path.is_file():
@@ -37,11 +38,13 @@ def write_report(out_dir: Path, command: str, **section: Any) -> Path:
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             report = {}
+    for name in drop:
+        report.pop(name, None)
     report["versions"] = _versions()
-    report[command] = {
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **section,
-    }
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    # a section written while its command still runs (status "running") says when, not "finished"
+    stamp = "written" if section.get("status") == "running" else "finished"
+    report[command] = {stamp: now, **section}
     return write_text_atomic(path, json.dumps(report, indent=2, default=_json_default) + "\n")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,9 +41,11 @@ def peak_rss_mb() -> float:
 class StageTimer:
     """Accumulates wall time and the peak memory per stage name, in insertion order."""
 
-    def __init__(self) -> None:
+    def __init__(self, after: Callable[[str], None] | None = None) -> None:
+        """``after``: called with the stage's name when a stage ends (also when it fails)."""
         self.seconds: dict[str, float] = {}
         self.peak_mb: dict[str, float] = {}
+        self.after = after
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -54,6 +56,8 @@ class StageTimer:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
             self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), round(peak_rss_mb(), 1))
+            if self.after is not None:
+                self.after(name)
 
     @property
     def total(self) -> float:
