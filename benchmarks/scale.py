@@ -7,6 +7,7 @@ draws a log-log plot.
 
     python benchmarks/scale.py -o bench_out/scale --sizes 250 500 1000 2000 \\
         [--image-size 320x240] [--top-k 10] [--ray-up-to 500] [--mappers global] [--threads -1]
+        [--incremental-up-to 1000]
 
 Each ``reconstruct`` runs in its own process (``sfmkit reconstruct``), so its per-stage peak
 memory (report.json, the driver process) is its own; with Ray the workers' memory is not in it.
@@ -65,7 +66,13 @@ def synth(out: Path, n: int, size: str, seed: int) -> Path:
 
 
 def run_reconstruct(
-    scene: Path, work: Path, top_k: int, executor: str, workers: int, threads: int
+    scene: Path,
+    work: Path,
+    top_k: int,
+    executor: str,
+    workers: int,
+    threads: int,
+    mapper: str = "incremental",
 ) -> dict[str, Any]:
     """``sfmkit reconstruct`` in its own process; its report section and the wall time."""
     report = work / "report.json"
@@ -75,10 +82,17 @@ def run_reconstruct(
         cmd += ["--pairs", f"retrieval:{top_k}", "--executor", executor, "--num-threads", str(threads)]
         if executor == "ray":
             cmd += ["--workers", str(workers)]
+        if mapper != "incremental":
+            cmd += ["--mapper", mapper]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - start
     section = json.loads(report.read_text())["reconstruct"]
+    made_with = section.get("config", {}).get("mapping", {}).get("mapper", "incremental")
+    if made_with != mapper:
+        raise SystemExit(
+            f"{work} holds a run with the {made_with} mapper, not {mapper}: delete it to measure again"
+        )
     section["wall_s"] = wall
     return section
 
@@ -179,6 +193,12 @@ def main() -> None:
         "--sift-up-to", type=int, default=2000, help="COLMAP SIFT (on the same pairs) for sizes up to this"
     )
     parser.add_argument("--mappers", nargs="*", default=["global"], choices=["global", "hierarchical"])
+    parser.add_argument(
+        "--incremental-up-to",
+        type=int,
+        default=1000,
+        help="larger sizes run reconstruct with the global mapper (incremental took > 56 min at 2,000)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pycolmap.logging.minloglevel = 2
@@ -192,11 +212,13 @@ def main() -> None:
         executors = ["local"] + (["ray"] if n <= args.ray_up_to else [])
         for executor in executors:
             work = args.output / f"run-{n}-{executor}"
-            section = run_reconstruct(scene, work, args.top_k, executor, args.workers, args.threads)
+            own = "incremental" if n <= args.incremental_up_to else "global"
+            section = run_reconstruct(scene, work, args.top_k, executor, args.workers, args.threads, own)
             model = section["outputs"].get("model")
             row = {
                 "n": n,
                 "executor": executor,
+                "mapper": own,
                 "seconds": section["timings"],
                 "peak_mb": section.get("peak_memory_mb", {}),
                 "wall_s": section["wall_s"],
@@ -208,10 +230,8 @@ def main() -> None:
             if executor != "local":
                 continue
             inc = {k: row[k] for k in ("registered", "total", "position_cm", "rotation_deg")}
-            mapper_rows.append(
-                {"n": n, "mapper": "incremental", "map_s": section["timings"].get("map"), **inc}
-            )
-            for mapper in args.mappers:
+            mapper_rows.append({"n": n, "mapper": own, "map_s": section["timings"].get("map"), **inc})
+            for mapper in (m for m in args.mappers if m != own):
                 out = cached(
                     work / f"mapper-{mapper}.json", remap, scene, section, work, mapper, args.threads
                 )
@@ -239,7 +259,8 @@ def print_tables(rows: list[dict[str, Any]], mapper_rows: list[dict[str, Any]]) 
     print("|---" * (len(stages) + 6) + "|")
     for r in rows:
         pos = r["position_cm"]
-        cells = [str(r["n"]), r["executor"], *(_num(r["seconds"].get(s)) for s in stages)]
+        run = r["executor"] + (f", {r['mapper']} mapper" if r.get("mapper") else "")
+        cells = [str(r["n"]), run, *(_num(r["seconds"].get(s)) for s in stages)]
         cells += [_num(r["seconds"]["total"]), _num(r["peak_mb"].get("max"))]
         cells += [f"{r['registered']}/{r['total']}"]
         cells += [f"{pos['median']:.1f} / {pos['mean']:.1f}" if pos else "-"]
@@ -249,8 +270,11 @@ def print_tables(rows: list[dict[str, Any]], mapper_rows: list[dict[str, Any]]) 
         ns = [r["n"] for r in local]
         print("\nlog-log slope against N (1 = linear), local executor:")
         print("| stage | time | peak memory |\n|---|---|---|")
+        mixed = len({r.get("mapper") for r in local}) > 1
         for s in [*stages, "total"]:
             t = slope(ns, [r["seconds"].get(s) for r in local])
+            if mixed and s in ("map", "total"):
+                t = "(mappers differ between sizes)"
             m = slope(ns, [r["peak_mb"].get(s if s != "total" else "max") for r in local])
             print(f"| {s} | {t} | {m} |")
     if mapper_rows:

@@ -31,6 +31,17 @@ def test_projection_is_colmaps(model):
     assert np.allclose(ours, camera.img_from_cam(xc), atol=1e-9)
 
 
+def test_parameters_padded_for_wider_camera_models_are_ignored():
+    """A reconstruction with cameras of several models stores every camera's parameters in one
+    array as wide as the widest model; each model reads only its own."""
+    rng = np.random.default_rng(1)
+    xc = torch.from_numpy(np.column_stack([rng.uniform(-1, 1, (20, 2)), rng.uniform(1.5, 4, 20)]))
+    for model, params in MODELS.items():
+        own = torch.tensor(np.tile(params, (20, 1)))
+        padded = torch.cat([own, torch.full((20, 8 - len(params)), 7.0, dtype=torch.float64)], 1)
+        assert torch.equal(project(model, padded, xc), project(model, own, xc))
+
+
 def test_unknown_camera_model_is_refused():
     with pytest.raises(SfmkitError, match="camera model"):
         project("FISHEYE", torch.zeros(1, 4), torch.ones(1, 3))
@@ -124,3 +135,10 @@ def test_reconstruct_takes_the_bundle_adjustment_only_when_asked():
     assert ReconstructConf(refine="featuremetric-vgg+ba").stage_confs()[2].name == "featuremetric-vgg"
     with pytest.raises(ConfigError):
         ReconstructConf(refine="none+ba")
+    from sfmkit.reconstruction.cameras import CameraConf
+    from sfmkit.reconstruction.mapping import MapConf
+
+    fisheye = MapConf(camera=CameraConf(model="OPENCV_FISHEYE"))
+    with pytest.raises(ConfigError, match="OPENCV_FISHEYE"):
+        ReconstructConf(refine="keypoints+ba", mapping=fisheye)
+    ReconstructConf(refine="keypoints", mapping=fisheye)  # without the adjustment: any model

@@ -50,17 +50,23 @@ def test_a_run_stopped_in_a_stage_keeps_the_figures_of_the_stages_before(
     images = reconstructed_scene.scene_dir / "images"
     before = json.loads((out / "report.json").read_text())["reconstruct"]
 
-    def killed(*args, **kwargs):
+    seen = {}
+
+    def killed(*args, **kwargs):  # what a run killed here (no handler runs) would leave
+        seen.update(json.loads((out / "report.json").read_text()))
         raise SfmkitError("stopped in map")
 
     monkeypatch.setattr(pipeline, "map_images", killed)
     with pytest.raises(SfmkitError, match="stopped in map"):
         pipeline.reconstruct(pipeline.ReconstructConf(), images, out)
+    progress = seen[pipeline.PROGRESS_SECTION]
+    assert progress["status"] == "running" and progress["last_stage"] == "refine"
+    assert set(progress["timings"]) >= {"extract", "match", "verify", "refine"}
+    assert progress["counts"]["refine"]["tracks"] > 0 and progress["peak_memory_mb"]["refine"] > 0
     report = json.loads((out / "report.json").read_text())
-    progress = report[pipeline.PROGRESS_SECTION]
-    assert progress["status"] == "running" and progress["last_stage"] == "map"
-    assert set(progress["timings"]) >= {"extract", "match", "verify", "refine", "map"}
-    assert progress["peak_memory_mb"]["refine"] > 0 and progress["counts"]["verify"]
+    stopped = report[pipeline.PROGRESS_SECTION]
+    assert stopped["status"] == "stopped" and stopped["stopped_in"] == "map"
+    assert "stopped in map" in stopped["error"]
     assert report["reconstruct"] == before
     monkeypatch.undo()
     pipeline.reconstruct(pipeline.ReconstructConf(), images, out)
@@ -162,5 +168,7 @@ def test_reconstruct_with_featuremetric_bundle_adjustment(cli, rendered_scene, t
     assert rec.num_reg_images() == 8 and (out / "sfm-ba" / "ba-run.json").is_file()
     errors = pose_errors({n: c.pose for n, c in read_scene(scene_dir).items()}, model_poses(rec))
     assert max(errors.position.values()) < 0.01 * scene.extent
+    written = (out / "sfm-ba" / "ba-run.json").stat().st_mtime_ns
     again = cli(*args)  # everything reused, the adjustment included
     assert again.exit_code == 0, again.output
+    assert (out / "sfm-ba" / "ba-run.json").stat().st_mtime_ns == written

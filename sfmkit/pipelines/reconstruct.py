@@ -27,6 +27,7 @@ from sfmkit.pipelines import checks
 from sfmkit.pipelines.retrieve import retrieve
 from sfmkit.reconstruction.mapping import MapConf, MapResult, map_images, reconstruction_stats
 from sfmkit.refinement import refine as refine_mod
+from sfmkit.refinement.bundle import MODELS as BA_MODELS
 from sfmkit.refinement.bundle import BundleConf, bundle_adjust
 from sfmkit.refinement.refine import RefineConf, refine
 from sfmkit.retrieval.pair_filter import PairFilterConf, filter_pairs, load_verifier
@@ -78,6 +79,12 @@ class ReconstructConf:
                     f"unknown refinement {self.refine!r}; choose among {known} "
                     f"(a keypoint refinement may end in {BA_SUFFIX})"
                 )
+        camera = self.mapping.camera
+        if self.bundle_conf() is not None and camera.intrinsics is None and camera.model not in BA_MODELS:
+            raise ConfigError(  # refused before any stage runs, not after mapping
+                f"--refine {self.refine} adjusts {', '.join(BA_MODELS)} cameras, not {camera.model}; "
+                "choose another --camera-model or leave out +ba"
+            )
 
     def bundle_conf(self) -> BundleConf | None:
         """The featuremetric bundle adjustment after mapping, or None."""
@@ -204,15 +211,18 @@ def _run_stages(
     matcher, verification, refinement = conf.stage_confs()
     counts: dict[str, Any] = {}
 
-    def progress_report(stage: str) -> None:
+    def progress_report(stage: str, error: BaseException | None) -> None:
         """After each stage, the figures so far in the section ``reconstruct-progress`` (the
         finished run's section is replaced only when this run finishes): a run stopped later
-        (killed, out of memory, interrupted) keeps the figures of the stages it ran."""
+        (killed, out of memory, interrupted) keeps the figures of the stages it ran. Each stage
+        sets its counts before it ends, so they are in."""
+        state = {"status": "running", "last_stage": stage}
+        if error is not None:
+            state = {"status": "stopped", "stopped_in": stage, "error": f"{type(error).__name__}: {error}"}
         write_report(
             out_dir,
             PROGRESS_SECTION,
-            status="running",
-            last_stage=stage,
+            **state,
             config=run_config(conf),
             inputs={"images": str(Path(images).resolve())},
             counts=counts,
@@ -232,8 +242,8 @@ def _run_stages(
             max_pixels=max_pixels,
             executor=executor,
         )
-    counts["extract"] = json_attr(feats, "last_run")
-    counts["skipped_images"] = json_attr(feats, "skipped", {})
+        counts["extract"] = json_attr(feats, "last_run")
+        counts["skipped_images"] = json_attr(feats, "skipped", {})
     # the images of this run (a feature file may hold more, from earlier runs)
     wanted = set(listed)
     names = sorted(k[0] for k in list_items(feats, 1) if k[0] in wanted)
@@ -254,40 +264,41 @@ def _run_stages(
                 device=device,
                 executor=executor,
             )
+            counts["retrieve"] = {k: v for k, v in found.counts.items() if k != "skipped_images"}
         pairs = found.pairs_file
-        counts["retrieve"] = {k: v for k, v in found.counts.items() if k != "skipped_images"}
     else:
         with timer.stage("pairs"):
             pairs = make_pairs(spec, names, out_dir)
     if conf.pair_filter is not None:
         with timer.stage("filter"):
             filtered = filter_pairs(conf.pair_filter, images, pairs, out_dir, known=names, device=device)
+            counts["filter"] = filtered.counts
         pairs = filtered.kept
-        counts["filter"] = filtered.counts
     with timer.stage("match"):
         matches = match(matcher, feats, pairs, out_dir, overwrite=overwrite, device=device, executor=executor)
-    counts["match"] = json_attr(matches, "last_run")
+        counts["match"] = json_attr(matches, "last_run")
     with timer.stage("verify"):
         verified = verify(
             verification, matches, pairs, out_dir, features=feats, overwrite=overwrite, executor=executor
         )
-    counts["verify"] = json_attr(verified, "last_run")
+        counts["verify"] = json_attr(verified, "last_run")
     keypoints = feats
     if refinement is not None:
         with timer.stage("refine"):
             keypoints = refine(
                 refinement, feats, verified, images, out_dir, pairs=pairs, overwrite=overwrite, device=device
             )
-        counts["refine"] = json_attr(keypoints, "last_run")
+            counts["refine"] = json_attr(keypoints, "last_run")
     with timer.stage("map"):
         result = map_images(
             conf.mapping, images, verified, pairs, out_dir / "sfm", features=keypoints, overwrite=overwrite
         )
+        counts["map"] = result.stats  # for the progress section (the report's "reconstruction")
     bundle = conf.bundle_conf()
     if bundle is not None and result.reconstruction is not None:
         with timer.stage("bundle"):
             adjusted = bundle_adjust(bundle, result.path, images, out_dir / "sfm-ba", overwrite=overwrite)
-        counts["bundle"] = adjusted.stats
+            counts["bundle"] = adjusted.stats
         stats = {**result.stats, **reconstruction_stats(adjusted.reconstruction, result.stats["images"])}
         result = MapResult(adjusted.path, adjusted.reconstruction, stats)
     report = write_report(
@@ -303,7 +314,7 @@ def _run_stages(
             "refined": None if refinement is None else keypoints,
             "model": result.path,
         },
-        counts=counts,
+        counts={k: v for k, v in counts.items() if k != "map"},  # map: "reconstruction"
         reconstruction=result.stats,
         timings=timer.as_dict(),
         peak_memory_mb=timer.peak_memory(),

@@ -35,7 +35,7 @@ import torch
 
 from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.io.h5 import check_writable_dir
-from sfmkit.io.images import read_image
+from sfmkit.io.images import image_fingerprint, read_image
 from sfmkit.refinement.dense import WindowFeatures, Windows, window_origins
 from sfmkit.utils.config import conf_to_dict, same_config
 from sfmkit.utils.files import write_text_atomic
@@ -74,13 +74,22 @@ class BundleConf:
 
 
 _MIN_DAMPING, _MAX_DAMPING = 1e-6, 1e6
+#: camera models :func:`project` knows, and their number of parameters
+MODELS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8}
+#: an image whose pose fewer valid observations constrain keeps its pose
+MIN_POSE_OBSERVATIONS = 6
 
 
 def project(model: str, params: torch.Tensor, xc: torch.Tensor) -> torch.Tensor:
     """(n, 2) image coordinates (COLMAP's convention: pixel centres at +0.5) of camera-frame
     points ``xc`` (n, 3) through cameras of ``model`` with per-row ``params`` (n, k)."""
+    if model not in MODELS:
+        raise SfmkitError(
+            f"featuremetric bundle adjustment does not know the {model} camera model; use one of "
+            f"{', '.join(MODELS)} (--camera-model)"
+        )
     x, y = xc[:, 0] / xc[:, 2], xc[:, 1] / xc[:, 2]
-    p = params.unbind(1)
+    p = params[:, : MODELS[model]].unbind(1)
     if model in ("SIMPLE_PINHOLE", "PINHOLE"):
         fx, fy, cx, cy = (p[0], p[0], p[1], p[2]) if model == "SIMPLE_PINHOLE" else p[:4]
         return torch.stack([fx * x + cx, fy * y + cy], 1)
@@ -99,10 +108,7 @@ def project(model: str, params: torch.Tensor, xc: torch.Tensor) -> torch.Tensor:
         xd = x * d + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
         yd = y * d + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
         return torch.stack([fx * xd + cx, fy * yd + cy], 1)
-    raise SfmkitError(
-        f"featuremetric bundle adjustment does not know the {model} camera model; use SIMPLE_PINHOLE, "
-        "PINHOLE, SIMPLE_RADIAL, RADIAL or OPENCV cameras"
-    )
+    raise AssertionError(model)
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
@@ -232,8 +238,11 @@ class _Problem:
         c = self.conf.loss_scale
         rho, _ = _robust((r * r).sum(1).double(), c)
         worst, _ = _robust(torch.tensor(4.0, dtype=rho.dtype), c)
-        inside = (uv - self.start).norm(dim=1) <= self.conf.radius
-        return r, jac, torch.where(inside, rho, worst) * self.valid
+        return r, jac, torch.where(self.inside(uv), rho, worst) * self.valid
+
+    def inside(self, uv: torch.Tensor) -> torch.Tensor:
+        """(O,) whether each projection is within ``radius`` of where it started."""
+        return (uv - self.start).norm(dim=1) <= self.conf.radius
 
 
 def _sum_by(index: torch.Tensor, values: torch.Tensor, count: int) -> torch.Tensor:
@@ -251,6 +260,9 @@ def _lm_block(
     owner = prob.point if block == "points" else prob.image
     count = len(prob.X) if block == "points" else len(prob.R)
     c = prob.conf.loss_scale
+    # a pose needs enough observations (a point has two or more valid ones by construction)
+    valid_count = _sum_by(owner, prob.valid.long(), count)
+    movable = valid_count >= (2 if block == "points" else MIN_POSE_OBSERVATIONS)
     for _ in range(iterations):
         uv, extra = prob.projections(prob.X, prob.R, prob.t, jacobian=True)
         assert extra is not None
@@ -258,7 +270,7 @@ def _lm_block(
         r, jac, rho = prob.residuals(uv)
         cost = _sum_by(owner, rho, count)
         _, w = _robust((r * r).sum(1), c)
-        w = w * prob.valid
+        w = w * prob.valid * prob.inside(uv)  # a projection off its window has no gradient
         if block == "points":
             dxc = prob.R[prob.image]  # d xc / d X
         else:  # left perturbation: xc' = exp(w) xc + dt
@@ -282,7 +294,7 @@ def _lm_block(
         new_uv, _ = prob.projections(X, R, t)
         _, _, new_rho = prob.residuals(new_uv)
         new_cost = _sum_by(owner, new_rho, count)
-        better = (new_cost < cost) & (grad.abs().sum(1) > 0)
+        better = (new_cost < cost) & (grad.abs().sum(1) > 0) & movable
         if block == "points":
             prob.X = torch.where(better[:, None], X, prob.X)
         else:
@@ -319,7 +331,7 @@ def featuremetric_ba(rec: pycolmap.Reconstruction, image_dir: Path, conf: Bundle
         "cost_final": round(float(rho.sum()), 3),
         "projection_shift_px": {
             "median": float(moved.median()) if len(moved) else 0.0,
-            "p90": float(torch.quantile(moved, 0.9)) if len(moved) else 0.0,
+            "p90": float(np.percentile(moved.numpy(), 90)) if len(moved) else 0.0,
         },
         "point_move_median": float((prob.X - X0).norm(dim=1).median()) if len(X0) else 0.0,
         "centre_move_max": float((_centres(prob.R, prob.t) - centres0).norm(dim=1).max()),
@@ -362,13 +374,31 @@ class BundleResult:
     stats: dict[str, Any]
 
 
-def _model_digest(model_dir: Path) -> str:
+def _inputs_digest(model_dir: Path, rec: pycolmap.Reconstruction, images: Path) -> str:
+    """SHA-1 of the model's files and of the fingerprints of its registered images."""
     digest = hashlib.sha1()
     for name in MODEL_FILES:
         path = model_dir / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes())
+    for name in sorted(rec.images[i].name for i in rec.reg_image_ids()):
+        path = images / name
+        if not path.is_file():
+            raise SfmkitError(
+                f"{name}, an image of the model in {model_dir}, is not in {images}; pass the image "
+                "folder the model was made from"
+            )
+        digest.update(name.encode() + b"\0" + image_fingerprint(path).encode())
     return digest.hexdigest()
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The record of a finished adjustment; None when there is none or it is unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def bundle_adjust(
@@ -376,9 +406,10 @@ def bundle_adjust(
 ) -> BundleResult:
     """The ``bundle-adjust`` stage: the model of ``model_dir`` (made by ``sfmkit map``)
     adjusted by :func:`featuremetric_ba`, written to ``out_dir`` as COLMAP binary files with
-    ``model.ply`` and :data:`RUN_FILE`. A finished adjustment of the same model with the same
-    options is reused; one made with other options is refused unless ``overwrite``."""
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    ``model.ply`` and :data:`RUN_FILE`. A finished adjustment of the same model and images
+    with the same options is reused; one made with other options is refused unless
+    ``overwrite``; an unreadable record is recomputed."""
+    model_dir, out_dir, images = Path(model_dir), Path(out_dir), Path(images)
     if not all((model_dir / f).is_file() for f in ("cameras.bin", "images.bin", "points3D.bin")):
         raise SfmkitError(
             f"{model_dir} holds no COLMAP model (cameras.bin, images.bin, points3D.bin); "
@@ -388,13 +419,11 @@ def bundle_adjust(
         raise SfmkitError(f"write the adjusted model to another folder than its input {model_dir} (-o)")
     check_writable_dir(out_dir)
     config = conf_to_dict(conf)
-    digest = _model_digest(model_dir)
+    rec = pycolmap.Reconstruction(model_dir)
+    digest = _inputs_digest(model_dir, rec, images)
     record_path = out_dir / RUN_FILE
-    if record_path.is_file():
-        try:
-            previous = json.loads(record_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            previous = {}
+    previous = _read_record(record_path)
+    if previous is not None:
         same = same_config(
             f"{out_dir} holds an adjusted model", previous.get("config", {}), config, overwrite=overwrite
         )
@@ -402,7 +431,6 @@ def bundle_adjust(
             logger.info("%s: same model and options as the adjustment already there; reusing it", out_dir)
             return BundleResult(out_dir, pycolmap.Reconstruction(out_dir), previous.get("stats", {}))
     record_path.unlink(missing_ok=True)
-    rec = pycolmap.Reconstruction(model_dir)
     stats = featuremetric_ba(rec, Path(images), conf)
     for stale in (*MODEL_FILES, "model.ply"):
         (out_dir / stale).unlink(missing_ok=True)

@@ -8,12 +8,15 @@ the process's peak so far (``ru_maxrss``), an upper bound.
 
 from __future__ import annotations
 
+import logging
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
@@ -41,8 +44,10 @@ def peak_rss_mb() -> float:
 class StageTimer:
     """Accumulates wall time and the peak memory per stage name, in insertion order."""
 
-    def __init__(self, after: Callable[[str], None] | None = None) -> None:
-        """``after``: called with the stage's name when a stage ends (also when it fails)."""
+    def __init__(self, after: Callable[[str, BaseException | None], None] | None = None) -> None:
+        """``after(name, error)``: called when a stage ends, with the exception it raised (None
+        when it finished). An exception of ``after`` itself is logged, never raised: it must not
+        replace the stage's own."""
         self.seconds: dict[str, float] = {}
         self.peak_mb: dict[str, float] = {}
         self.after = after
@@ -53,11 +58,19 @@ class StageTimer:
         start = time.perf_counter()
         try:
             yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), round(peak_rss_mb(), 1))
-            if self.after is not None:
-                self.after(name)
+        except BaseException as exc:
+            self._end(name, start, exc)
+            raise
+        self._end(name, start, None)
+
+    def _end(self, name: str, start: float, error: BaseException | None) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), round(peak_rss_mb(), 1))
+        if self.after is not None:
+            try:
+                self.after(name, error)
+            except Exception as exc:  # noqa: BLE001 - reporting must not break the run
+                logger.warning("after stage %s: %s", name, exc)
 
     @property
     def total(self) -> float:
