@@ -2,8 +2,9 @@
 the number of images, on rendered drone surveys (``sfmkit synth --scene survey``) with exact
 ground truth; the local executor against Ray with 2 workers; incremental against global
 (GLOMAP) mapping of the same verified matches; COLMAP's SIFT pipeline matching the same
-retrieval pairs (its time has no retrieval in it). Prints JSON lines and markdown tables, and
-draws a log-log plot.
+retrieval pairs (its time has no retrieval in it); the retrieval pairs against the exact
+cameras (how many can overlap at all, and how many of each kind verification kept). Prints
+JSON lines and markdown tables, and draws a log-log plot.
 
     python benchmarks/scale.py -o bench_out/scale --sizes 250 500 1000 2000 \\
         [--image-size 320x240] [--top-k 10] [--ray-up-to 500] [--mappers global] [--threads -1]
@@ -35,9 +36,14 @@ from typing import Any
 import pycolmap
 
 from sfmkit.eval.strecha import score_model
+from sfmkit.io.h5 import H5Reader
 from sfmkit.io.images import list_images
+from sfmkit.io.matches import read_verified
+from sfmkit.io.pairs import read_pairs
+from sfmkit.io.strecha import read_scene
 from sfmkit.pipelines.colmap_sift import run_colmap_sift
 from sfmkit.reconstruction.mapping import MapConf, map_images
+from sfmkit.synth.scenes import SURVEY_ALTITUDE
 from sfmkit.utils.plots import plot_isolated, save_figure
 
 #: the stages whose time and memory are compared across sizes
@@ -95,6 +101,25 @@ def run_reconstruct(
         )
     section["wall_s"] = wall
     return section
+
+
+def pair_truth(scene: Path, section: dict[str, Any], min_matches: int = 15) -> dict[str, int]:
+    """The run's retrieval pairs against the exact cameras: how many can overlap at all (the
+    second centre inside the first view's ground footprint, nadir views at ``SURVEY_ALTITUDE``),
+    and how many of each kind verification kept (``min_matches`` inliers: the mapper's rule)."""
+    cams = read_scene(scene)
+    pairs = read_pairs(Path(section["inputs"]["pairs"]))
+    out = {"pairs": len(pairs), "can_overlap": 0, "kept_possible": 0, "kept_impossible": 0}
+    with H5Reader(Path(section["outputs"]["verified"]), "verified") as ver:
+        for a, b in pairs:
+            cam = cams[a]
+            d = cam.pose.rotation @ (cams[b].pose.center - cam.pose.center)
+            possible = all(abs(d[k]) < SURVEY_ALTITUDE * cam.size[k] / cam.K[k, k] for k in (0, 1))
+            m = read_verified(ver, (a, b))
+            kept = m is not None and len(m) >= min_matches
+            out["can_overlap"] += possible
+            out["kept_possible" if possible else "kept_impossible"] += kept
+    return out
 
 
 def score(scene: Path, model: Path | None) -> dict[str, Any]:
@@ -223,6 +248,7 @@ def main() -> None:
                 "peak_mb": section.get("peak_memory_mb", {}),
                 "wall_s": section["wall_s"],
                 "pairs": section["counts"].get("retrieve", {}).get("pairs"),
+                "pair_truth": pair_truth(scene, section),
                 **score(scene, Path(model) if model else None),
             }
             rows.append(row)
@@ -277,6 +303,17 @@ def print_tables(rows: list[dict[str, Any]], mapper_rows: list[dict[str, Any]]) 
                 t = "(mappers differ between sizes)"
             m = slope(ns, [r["peak_mb"].get(s if s != "total" else "max") for r in local])
             print(f"| {s} | {t} | {m} |")
+    truth = [r for r in rows if r.get("pair_truth")]
+    if truth:
+        print("\n| images | run | retrieval pairs | can overlap | kept among those | impossible kept |")
+        print("|---|---|---|---|---|---|")
+        for r in truth:
+            t = r["pair_truth"]
+            impossible = t["pairs"] - t["can_overlap"]
+            print(
+                f"| {r['n']} | {r['executor']} | {t['pairs']} | {t['can_overlap']} | {t['kept_possible']} "
+                f"| {t['kept_impossible']} of {impossible} |"
+            )
     if mapper_rows:
         print("\n| images | mapper | map (s) | registered | position median / mean (cm) | rotation (deg) |")
         print("|---|---|---|---|---|---|")
