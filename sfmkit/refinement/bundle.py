@@ -193,8 +193,10 @@ class _Problem:
         features = WindowFeatures("intensity", None, self.conf.window)
         windows = features.empty(len(self.point), self.half)
         centres = (self.start - 0.5).numpy()  # 0-based pixel-centre coordinates
+        order = torch.argsort(self.image, stable=True)  # observations grouped by image
+        bounds = torch.searchsorted(self.image[order], torch.arange(len(self.names) + 1))
         for k, name in enumerate(track(self.names, "featuremetric BA: windows")):
-            sel = torch.nonzero(self.image == k)[:, 0]
+            sel = order[bounds[k] : bounds[k + 1]]
             loaded = read_image(image_dir / name)
             if tuple(loaded.size) != tuple(self.sizes[k]):
                 raise SfmkitError(
