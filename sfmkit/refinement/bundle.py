@@ -37,6 +37,8 @@ from sfmkit.errors import ConfigError, SfmkitError
 from sfmkit.io.h5 import check_writable_dir
 from sfmkit.io.images import image_fingerprint, read_image
 from sfmkit.refinement.dense import WindowFeatures, Windows, window_origins
+from sfmkit.refinement.solver import MAX_DAMPING, MIN_DAMPING, cauchy
+from sfmkit.refinement.tracks import groups
 from sfmkit.utils.config import conf_to_dict, same_config
 from sfmkit.utils.files import write_text_atomic
 from sfmkit.utils.progress import track
@@ -73,7 +75,6 @@ class BundleConf:
             )
 
 
-_MIN_DAMPING, _MAX_DAMPING = 1e-6, 1e6
 #: camera models :func:`project` knows, and their number of parameters
 MODELS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8}
 #: an image whose pose fewer valid observations constrain keeps its pose
@@ -122,12 +123,6 @@ def _skew(v: torch.Tensor) -> torch.Tensor:
 def _rodrigues(w: torch.Tensor) -> torch.Tensor:
     """(n, 3, 3) rotations exp([w]x) of (n, 3) rotation vectors."""
     return torch.linalg.matrix_exp(_skew(w))
-
-
-def _robust(s: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cauchy loss of squared residuals s and its IRLS weight."""
-    c2 = c * c
-    return c2 * torch.log1p(s / c2), 1.0 / (1.0 + s / c2)
 
 
 class _Problem:
@@ -193,10 +188,9 @@ class _Problem:
         features = WindowFeatures("intensity", None, self.conf.window)
         windows = features.empty(len(self.point), self.half)
         centres = (self.start - 0.5).numpy()  # 0-based pixel-centre coordinates
-        order = torch.argsort(self.image, stable=True)  # observations grouped by image
-        bounds = torch.searchsorted(self.image[order], torch.arange(len(self.names) + 1))
+        by_image = groups(self.image.numpy(), len(self.names))
         for k, name in enumerate(track(self.names, "featuremetric BA: windows")):
-            sel = order[bounds[k] : bounds[k + 1]]
+            sel = torch.from_numpy(by_image[k])
             loaded = read_image(image_dir / name)
             if tuple(loaded.size) != tuple(self.sizes[k]):
                 raise SfmkitError(
@@ -226,7 +220,7 @@ class _Problem:
             num = torch.zeros_like(ref).index_add_(0, self.point, f * weight[:, None])
             den = torch.zeros(len(self.X)).index_add_(0, self.point, weight)
             ref = num / den.clamp_min(1e-12)[:, None]
-            _, w = _robust(((f - ref[self.point]) ** 2).sum(1), c)
+            _, w = cauchy(((f - ref[self.point]) ** 2).sum(1), c)
             weight = w * valid
         return ref, valid
 
@@ -238,8 +232,8 @@ class _Problem:
         f, jac = self.sample(uv)
         r = f - self.ref[self.point]
         c = self.conf.loss_scale
-        rho, _ = _robust((r * r).sum(1).double(), c)
-        worst, _ = _robust(torch.tensor(4.0, dtype=rho.dtype), c)
+        rho, _ = cauchy((r * r).sum(1).double(), c)
+        worst, _ = cauchy(torch.tensor(4.0, dtype=rho.dtype), c)
         return r, jac, torch.where(self.inside(uv), rho, worst) * self.valid
 
     def inside(self, uv: torch.Tensor) -> torch.Tensor:
@@ -271,7 +265,7 @@ def _lm_block(
         duv, xc = extra
         r, jac, rho = prob.residuals(uv)
         cost = _sum_by(owner, rho, count)
-        _, w = _robust((r * r).sum(1), c)
+        _, w = cauchy((r * r).sum(1), c)
         w = w * prob.valid * prob.inside(uv)  # a projection off its window has no gradient
         if block == "points":
             dxc = prob.R[prob.image]  # d xc / d X
@@ -302,7 +296,7 @@ def _lm_block(
         else:
             prob.R = torch.where(better[:, None, None], R, prob.R)
             prob.t = torch.where(better[:, None], t, prob.t)
-        lam.copy_(torch.where(better, lam / 10, lam * 10).clamp(_MIN_DAMPING, _MAX_DAMPING))
+        lam.copy_(torch.where(better, lam / 10, lam * 10).clamp(MIN_DAMPING, MAX_DAMPING))
 
 
 def featuremetric_ba(rec: pycolmap.Reconstruction, image_dir: Path, conf: BundleConf) -> dict[str, Any]:

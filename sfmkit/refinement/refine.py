@@ -46,7 +46,7 @@ from sfmkit.io.pairs import Pair, read_pairs
 from sfmkit.models.weights import load_vgg16
 from sfmkit.refinement.dense import KINDS, WindowFeatures, window_origins
 from sfmkit.refinement.solver import SolverConf, adjust_keypoints
-from sfmkit.refinement.tracks import Tracks, build_tracks
+from sfmkit.refinement.tracks import Tracks, build_tracks, groups
 from sfmkit.utils.config import conf_to_json, derived_path
 from sfmkit.utils.device import resolve_device
 from sfmkit.utils.progress import track
@@ -246,9 +246,7 @@ def refine(
 
 def _by_image(tracks: Tracks, count: int) -> list[np.ndarray]:
     """Node indices of each image 0 .. count-1."""
-    order = np.argsort(tracks.image, kind="stable")
-    bounds = np.searchsorted(tracks.image[order], np.arange(count + 1))
-    return [order[bounds[i] : bounds[i + 1]] for i in range(count)]
+    return groups(tracks.image, count)
 
 
 def _node_positions(tracks: Tracks, names: list[str], keypoints: dict[str, np.ndarray]) -> np.ndarray:

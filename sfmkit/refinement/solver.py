@@ -42,10 +42,11 @@ class SolverConf:
     tolerance: float = 1e-5
 
 
-_MIN_DAMPING, _MAX_DAMPING = 1e-6, 1e6
+#: bounds of the Levenberg-Marquardt damping (shared with :mod:`.bundle`)
+MIN_DAMPING, MAX_DAMPING = 1e-6, 1e6
 
 
-def _robust(s: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+def cauchy(s: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Cauchy loss rho(s) and its derivative (the IRLS weight) for squared residuals s."""
     c2 = c * c
     return c2 * torch.log1p(s / c2), 1.0 / (1.0 + s / c2)
@@ -64,7 +65,7 @@ class _Problem:
 
     def track_cost(self, f: torch.Tensor, c: float) -> torch.Tensor:
         r = f[self.edges[:, 0]] - f[self.edges[:, 1]]
-        rho, _ = _robust((r * r).sum(1), c)
+        rho, _ = cauchy((r * r).sum(1), c)
         return torch.zeros(len(self.length), dtype=rho.dtype).index_add_(0, self.edge_track, rho)
 
 
@@ -140,7 +141,7 @@ def _steps(
     """(N, 2) LM steps of every node (zero for references) from the current linearisation."""
     a, b = prob.edges[:, 0], prob.edges[:, 1]
     r = f[a] - f[b]
-    _, w = _robust((r * r).sum(1), c)
+    _, w = cauchy((r * r).sum(1), c)
     ja, jb = jac[a], -jac[b]  # d r / d p_a, d r / d p_b: (E, C, 2)
     blocks = {(0, 0): _gram(ja, ja, w), (1, 1): _gram(jb, jb, w), (0, 1): _gram(ja, jb, w)}
     blocks[(1, 0)] = blocks[(0, 1)].transpose(1, 2)
@@ -212,10 +213,10 @@ def adjust_keypoints(
         jac = torch.where(accept[:, None, None], jac_new, jac)
         gain = (cost - new_cost) / cost.clamp_min(1e-12)
         cost = torch.where(better, new_cost, cost)
-        lam = torch.where(better, lam / 10, lam * 10).clamp(_MIN_DAMPING, _MAX_DAMPING)
+        lam = torch.where(better, lam / 10, lam * 10).clamp(MIN_DAMPING, MAX_DAMPING)
         # a track is done when a kept step gains too little, or when even the largest damping
         # finds no better step
-        active &= ~((better & (gain < conf.tolerance)) | (~better & (lam >= _MAX_DAMPING)))
+        active &= ~((better & (gain < conf.tolerance)) | (~better & (lam >= MAX_DAMPING)))
         if not bool(active.any()):
             break
     refined = start + offset.double().numpy()

@@ -19,6 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def groups(index: np.ndarray, count: int) -> list[np.ndarray]:
+    """Row numbers of each value 0 .. count-1 of ``index`` (e.g. the nodes of each image), in
+    their original order."""
+    order = np.argsort(index, kind="stable")
+    bounds = np.searchsorted(index[order], np.arange(count + 1))
+    return [order[bounds[i] : bounds[i + 1]] for i in range(count)]
+
+
 @dataclass(frozen=True)
 class Tracks:
     """Keypoints grouped into tracks.
