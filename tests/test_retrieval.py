@@ -44,6 +44,23 @@ def test_mask_triplet_loss_terms():
         batched_mask_triplet_loss(a[:1], a[:1], a[:1], a[:1], a[:1], conf)
 
 
+def test_same_scene_negatives_join_the_nearest_negative_pool():
+    conf = MaskTripletConf()
+    eye = torch.eye(8)
+    a = eye[:3]
+    p = _unit(a + 0.2 * eye[3:6])
+    w = _unit(a + 0.6 * eye[5:8])
+    base, parts = batched_mask_triplet_loss(a, p, w, a, p, conf)
+    # a negative far from every column changes nothing
+    far = _unit(-torch.ones(1, 8))
+    same, same_parts = batched_mask_triplet_loss(a, p, w, a, p, conf, far)
+    assert same.item() == pytest.approx(base.item()) and same_parts["d_neg"] == pytest.approx(parts["d_neg"])
+    # one close to the first anchor (a same-scene view that looks alike) is its nearest negative
+    near = _unit(a[:1] + 0.3 * eye[7:8])
+    loss, near_parts = batched_mask_triplet_loss(a, p, w, a, p, conf, near)
+    assert near_parts["d_neg"] < parts["d_neg"] and loss > base
+
+
 def _global_file(path, regional: dict[str, np.ndarray]) -> None:
     with ItemWriter(path, "global", "{}") as writer:
         for name, r in regional.items():
@@ -169,6 +186,72 @@ def test_train_resume_and_evaluate_retrieval(cli, tiny_scenes, tmp_path):
     assert results["images"] == 16 and len(results["methods"]) == 6
     for m in results["methods"]:
         assert 0.0 <= m["mAP@5"] <= 100.0
+
+
+def test_train_validates_and_caches_frozen_features(cli, tiny_scenes, tmp_path, monkeypatch):
+    import sfmkit.train.retrieval as trainer
+
+    labels = [str(tiny_scenes / k / "labels.h5") for k in ("orbit", "facade")]
+    model = tmp_path / "m.pt"
+    cache = tmp_path / "cache"
+    opts = ["--size", "96", "--base", "random", "--columns", "2", "--jitter-copies", "1", "--steps", "3"]
+    val = ["--val-labels", labels[0], "--val-labels", labels[1], "--val-every", "2", "--cache", str(cache)]
+    r = cli("train", "retrieval", "--labels", *labels, "-o", str(model), *opts, *val)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(model.with_suffix(".val.json").read_text())["rows"]
+    assert [row["step"] for row in rows] == [0, 2, 3]
+    assert all(0.0 <= row[k] <= 100.0 for row in rows for k in ("mac", "rmac", "prmac"))
+    assert model.with_suffix(".val.png").stat().st_size > 0
+    assert load_retrieval_model(str(model)).card["validation"]["mAP@100"] == rows
+    # training scenes (original + 1 jittered copy) and validation scenes (originals) are cached
+    assert len(list(cache.glob("pool4-*.pt"))) == 4
+
+    # the final validation scores the model as 'evaluate retrieval' does (same whitening here:
+    # 16 training images, all used for both)
+    r = cli(
+        "evaluate",
+        "retrieval",
+        "--labels",
+        *labels,
+        "-o",
+        str(tmp_path / "ev"),
+        "--size",
+        "96",
+        "--model",
+        str(model),
+    )
+    assert r.exit_code == 0, r.output
+    scores = {
+        m["aggregation"]: m["mAP@100"]
+        for m in json.loads((tmp_path / "ev" / "results.json").read_text())["methods"]
+    }
+    for key in ("mac", "rmac", "prmac"):
+        assert rows[-1][key] == pytest.approx(scores[key], abs=1.0)
+
+    # a second run, training two layers, reads the pool4 cache instead of running the backbone
+    calls = []
+    monkeypatch.setattr(trainer, "pool4_forward", lambda *a: calls.append(1) or None)
+    second = tmp_path / "m2.pt"
+    r = cli("train", "retrieval", "--labels", *labels, "-o", str(second), *opts, *val, "--train-layers", "2")
+    assert r.exit_code == 0, r.output
+    assert calls == [] and load_retrieval_model(str(second)).card["trained_layers"] == ["conv5_2", "conv5_3"]
+
+
+def test_build_retrieval_set_resumes_and_keeps_test_seeds_out(cli, tmp_path):
+    out = tmp_path / "set"
+    args = ["build-retrieval-set", "-o", str(out), "--per-kind", "1", "--kinds", "orbit,facade"]
+    r = cli(*args, "-n", "4", "--size", "96x72")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.parent.name for p in out.glob("*/labels.h5")) == ["facade-1000", "orbit-1000"]
+    report = json.loads((out / "report.json").read_text())["build-retrieval-set"]
+    assert report["counts"] == {"scenes": 2, "rendered": 2, "reused": 0}
+    r = cli(*args, "-n", "4", "--size", "96x72")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "report.json").read_text())["build-retrieval-set"]["counts"]["reused"] == 2
+    r = cli(*args, "--first-seed", "21")
+    assert r.exit_code == 2 and "test and validation" in r.output, r.output
+    r = cli(*args, "--kinds", "castle")
+    assert r.exit_code == 2 and "unknown scene kind" in r.output, r.output
 
 
 def test_bad_retrieval_model_is_a_clear_error(cli, tiny_scenes, tmp_path):

@@ -193,6 +193,49 @@ def labels_cmd(
 
 
 @handle_errors
+def build_retrieval_set_cmd(
+    output: OutOpt,
+    per_kind: Annotated[int, typer.Option("--per-kind", help="Scenes of each kind.")] = 50,
+    kinds: Annotated[
+        str, typer.Option("--kinds", help="Comma-separated scene kinds.")
+    ] = "orbit,facade,aerial",
+    first_seed: Annotated[
+        int, typer.Option("--first-seed", help="Seed of the first scene (1000 or more: lower are for tests).")
+    ] = 1000,
+    n_images: Annotated[int, typer.Option("--n-images", "-n", help="Cameras per scene.")] = 24,
+    size: Annotated[str, typer.Option("--size", help="Image size WxH.")] = "480x360",
+    textures: Annotated[
+        Path | None, typer.Option("--textures", help="Texture the scenes with crops of these photos.")
+    ] = None,
+) -> None:
+    """Render and label many scenes for 'sfmkit train retrieval' (resumable; training seeds only)."""
+    from sfmkit.pipelines.retrieval_set import RetrievalSetConf, build_retrieval_set
+
+    conf = RetrievalSetConf(
+        kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+        per_kind=per_kind,
+        first_seed=first_seed,
+        n_images=n_images,
+        size=_size(size),
+        textures=None if textures is None else str(textures),
+    )
+    start = time.perf_counter()
+    result = build_retrieval_set(conf, output)
+    counts = {"scenes": len(result.labels), "rendered": result.made, "reused": result.reused}
+    rows = [(k, v) for k, v in counts.items()] + [("labels", f"{output}/*/labels.h5")]
+    finish(
+        output,
+        "build-retrieval-set",
+        conf,
+        output,
+        time.perf_counter() - start,
+        counts,
+        rows,
+        timings_detail=result.timings,
+    )
+
+
+@handle_errors
 def build_patches_cmd(
     model: Annotated[Path, typer.Argument(help="COLMAP model folder (cameras, images, points3D).")],
     images: Annotated[Path, typer.Argument(help="The images the model was made from.")],
@@ -422,6 +465,7 @@ def register(app: typer.Typer) -> None:
     app.command("synth")(synth_cmd)
     app.command("make-night")(make_night_cmd)
     app.command("build-gl3d-labels")(labels_cmd)
+    app.command("build-retrieval-set")(build_retrieval_set_cmd)
     app.command("build-patches")(build_patches_cmd)
     app.command("build-localize-set")(build_localize_set_cmd)
     app.command("build-pair-set")(build_pair_set_cmd)

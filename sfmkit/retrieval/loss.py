@@ -11,6 +11,11 @@ distance of L2-normalised descriptors, per column:
 * weak: ``[d(a, w) + alpha_weak - min(D-(a), D-(w))]+``: weak positives still beat negatives;
 * hard: ``[d(a, p) + alpha_hard - d(a, w)]+``: strong positives come before weak ones.
 
+Optionally each column also brings same-scene negatives (images of its scene that overlap none
+of its three images): they join the pool every nearest negative D- is taken from, so the loss
+also ranks a scene's unrelated views below its overlapping ones, which is what retrieval
+inside one scene (every SfM use) needs; other scenes alone are easy negatives.
+
 Loss = mean over columns of ``mask + lambda * (easy + lambda1 * weak + lambda2 * hard)``,
 with beta = 0.1, lambda = 0.5, lambda1 = lambda2 = 1 and margins 1 / 0.5 / 0.5 by default.
 This is sfmkit's reading of Eq. 8 (which pairs the easy, weak and hard terms compare is our
@@ -47,6 +52,7 @@ def batched_mask_triplet_loss(
     anchor_masked: torch.Tensor,
     strong_masked: torch.Tensor,
     conf: MaskTripletConf = MaskTripletConf(),
+    negatives: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch of B >= 2 columns.
 
@@ -54,6 +60,8 @@ def batched_mask_triplet_loss(
         anchor, strong, weak: (B, D) unit descriptors of each column's three images.
         anchor_masked, strong_masked: (B, D) unit descriptors pooled inside the overlap masks
             (anchor's cells that see the strong positive, and the reverse).
+        negatives: (M, D) unit descriptors of same-scene negatives; each is a negative of
+            every column (of its own column by construction, of the others as another scene).
 
     Returns:
         The scalar loss and the batch means of its terms (for logging).
@@ -67,7 +75,10 @@ def batched_mask_triplet_loss(
     def nearest_negative(x: torch.Tensor) -> torch.Tensor:
         dist = _dist(x[:, None, :], everything[None, :, :])  # (B, 3B)
         same = column[None, :] == torch.arange(b, device=x.device)[:, None]
-        return dist.masked_fill(same, float("inf")).min(dim=1).values
+        nearest = dist.masked_fill(same, float("inf")).min(dim=1).values
+        if negatives is not None and len(negatives):
+            nearest = torch.minimum(nearest, _dist(x[:, None, :], negatives[None, :, :]).min(dim=1).values)
+        return nearest
 
     neg_a, neg_p, neg_w = nearest_negative(anchor), nearest_negative(strong), nearest_negative(weak)
     d_ap, d_aw = _dist(anchor, strong), _dist(anchor, weak)
