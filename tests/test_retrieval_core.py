@@ -360,3 +360,30 @@ def test_index_moves_to_a_gpu_only_when_faiss_sees_one(clustered_db, monkeypatch
     monkeypatch.delattr(faiss, "StandardGpuResources")  # the CPU build
     assert build_index(db, "flat", device="cuda").gpu is None
     assert moved == [0, 0]
+
+
+def test_pair_whitening_keeps_what_tells_places_apart():
+    from sfmkit.retrieval.whitening import learn_pair_whitening
+
+    rng = np.random.default_rng(0)
+    places = rng.normal(size=60)
+    # two views per place: places differ along axis 0; views of one place differ (more) along axis 1
+    views = []
+    for u in places:
+        for _ in range(2):
+            views.append([u, 3.0 * rng.normal(), 0.1 * rng.normal()])
+    x = np.asarray(views)
+    pairs = np.arange(len(x)).reshape(-1, 2)
+    pca = learn_whitening(x, dim=1)
+    learned = learn_pair_whitening(x, pairs, dim=1, shrink=0.0)
+    axis = lambda w: np.abs(w.projection[0]) / np.linalg.norm(w.projection[0])  # noqa: E731
+    assert axis(pca)[1] > 0.9  # PCA follows the largest spread: the view changes
+    assert axis(learned)[0] > 0.9  # the pair whitening follows the places
+    # nearest neighbours after whitening find the other view of the same place
+    y = learned.apply(x, normalize=False)[:, 0]
+    other = np.abs(y[:, None] - y[None, :]) + np.eye(len(y)) * 1e9
+    assert (other.argmin(axis=1) // 2 == np.arange(len(y)) // 2).mean() > 0.6
+    with pytest.raises(SfmkitError):
+        learn_pair_whitening(x, np.array([[0, len(x)]]), dim=1)
+    with pytest.raises(SfmkitError):
+        learn_pair_whitening(x, pairs, dim=4)

