@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,9 @@ logger = logging.getLogger(__name__)
 CONV5 = ("conv5_1", "conv5_2", "conv5_3")
 #: Version of the cached frozen features (bump when what is cached changes).
 CACHE_VERSION = 2
-#: Training images whose regional vectors the validation whitening is learned on.
+#: Cached maps run through the trained layers per call outside training steps.
+INFERENCE_CHUNK = 32
+#: Training images the validation whitening is learned on.
 VAL_WHITENING_IMAGES = 600
 
 
@@ -136,7 +139,6 @@ class Scene:
     labels: Labels
     features: list[list[torch.Tensor]]  # [image][copy] -> (C, h, w) float16
     triplets: list[Triplet]
-    sizes: list[tuple[int, int]]  # (W, H) of each image at full resolution
 
 
 def jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -276,8 +278,8 @@ def load_scenes(
         if not triplets:
             logger.warning("%s has no image with both a strong and a weak positive; not used", path)
             continue
-        features, sizes = frozen_features(path, labels, trunk, conf, device, conf.jitter_copies, cache)
-        scenes.append(Scene(Path(path), labels, features, triplets, sizes))
+        features, _ = frozen_features(path, labels, trunk, conf, device, conf.jitter_copies, cache)
+        scenes.append(Scene(Path(path), labels, features, triplets))
         logger.info("%s: %d images, %d anchors", path, len(labels.names), len(triplets))
     if len(scenes) < 2:
         raise SfmkitError(
@@ -359,16 +361,14 @@ def _step(
     )
 
 
-def _regional_vectors(
-    trunk: VGG16Trunk, conf: TrainRetrievalConf, dev: torch.device, maps: list[torch.Tensor]
-) -> np.ndarray:
-    out = []
+def _trained_chunks(
+    trunk: VGG16Trunk, maps: list[torch.Tensor], conf: TrainRetrievalConf, dev: torch.device
+) -> Iterator[torch.Tensor]:
+    """The trained layers over many cached maps without gradients, :data:`INFERENCE_CHUNK`
+    maps per batched call (all of a training set at once would hold gigabytes)."""
     with torch.inference_mode():
-        for cached in maps:
-            fmap = trained_forward(trunk, cached[None].float().to(dev), conf.train_layers)
-            regions = rmac_regions(fmap.shape[2], fmap.shape[3])
-            out.append(regional_mac(fmap, regions)[0].cpu().numpy())
-    return np.concatenate(out)
+        for start in range(0, len(maps), INFERENCE_CHUNK):
+            yield from _trained_batch(trunk, maps[start : start + INFERENCE_CHUNK], conf, dev)
 
 
 def training_whitening(
@@ -388,15 +388,16 @@ def training_whitening(
         scenes = [scenes[i] for i in np.linspace(0, len(scenes) - 1, count).round().astype(int)]
     maps = [feats[0] for scene in scenes for feats in scene.features]
     if conf.whitening == "pca":
-        return learn_whitening(_regional_vectors(trunk, conf, dev, maps), conf.whitening_dim)
+        regional = [
+            regional_mac(fmap, rmac_regions(fmap.shape[2], fmap.shape[3]))[0].cpu().numpy()
+            for fmap in _trained_chunks(trunk, maps, conf, dev)
+        ]
+        return learn_whitening(np.concatenate(regional), conf.whitening_dim)
     pairs, offset = [], 0
     for scene in scenes:
         pairs.append(np.asarray(scene.labels.strong, np.int64).reshape(-1, 2) + offset)
         offset += len(scene.features)
-    vectors = []
-    with torch.inference_mode():
-        for fmap in _trained_batch(trunk, maps, conf, dev):
-            vectors.append(mac(fmap)[0].cpu().numpy())
+    vectors = [mac(fmap)[0].cpu().numpy() for fmap in _trained_chunks(trunk, maps, conf, dev)]
     return learn_pair_whitening(
         np.stack(vectors), np.concatenate(pairs), conf.whitening_dim, conf.whitening_shrink
     )
