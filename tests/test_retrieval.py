@@ -117,6 +117,10 @@ def test_search_learns_a_database_whitening(tmp_path):
     _global_file(tmp_path / "g.h5", regional)
     found = search(tmp_path / "g.h5", SearchConf(aggregation="rmac", top_k=3, whitening="database", dim=16))
     assert "database" in found.whitening and found.ids.shape == (12, 3)
+    # a model without a whitening searches unwhitened: no silent fallback to the database PCA
+    plain = search(tmp_path / "g.h5", SearchConf(aggregation="rmac", top_k=3, whitening="model"))
+    unwhitened = search(tmp_path / "g.h5", SearchConf(aggregation="rmac", top_k=3, whitening="none"))
+    assert plain.whitening.startswith("none") and np.array_equal(plain.ids, unwhitened.ids)
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +190,21 @@ def test_train_resume_and_evaluate_retrieval(cli, tiny_scenes, tmp_path):
     assert results["images"] == 16 and len(results["methods"]) == 6
     for m in results["methods"]:
         assert 0.0 <= m["mAP@5"] <= 100.0
+
+
+def test_loop_whitening_changes_what_training_optimises(cli, tiny_scenes, tmp_path):
+    labels = [str(tiny_scenes / k / "labels.h5") for k in ("orbit", "facade")]
+    opts = ["--size", "96", "--base", "random", "--columns", "2", "--jitter-copies", "0", "--steps", "2"]
+    weights = {}
+    for extra in ([], ["--loop-whitening", "--whitening", "pairs"]):
+        model = tmp_path / f"m{len(extra)}.pt"
+        r = cli("train", "retrieval", "--labels", *labels, "-o", str(model), *opts, *extra)
+        assert r.exit_code == 0, r.output
+        loaded = load_retrieval_model(str(model))
+        assert loaded.card["conf"]["loop_whitening"] == bool(extra)
+        weights[bool(extra)] = loaded.trunk.convs["conv5_3"].weight
+    # same seed, same batches: only the whitened loss can make the updates differ
+    assert not torch.equal(weights[False], weights[True])
 
 
 def test_train_validates_and_caches_frozen_features(cli, tiny_scenes, tmp_path, monkeypatch):

@@ -383,6 +383,13 @@ def test_pair_whitening_keeps_what_tells_places_apart():
     y = learned.apply(x, normalize=False)[:, 0]
     other = np.abs(y[:, None] - y[None, :]) + np.eye(len(y)) * 1e9
     assert (other.argmin(axis=1) // 2 == np.arange(len(y)) // 2).mean() > 0.6
+    # spread vectors (regional ones in training) choose the kept directions and the mean
+    spread = rng.normal(size=(500, 3)) * [0.1, 0.1, 5.0] + 2.0
+    kept = learn_pair_whitening(x, pairs, dim=1, spread=spread)
+    assert axis(kept)[2] > 0.9 and axis(learn_pair_whitening(x, pairs, dim=1))[0] > 0.9
+    assert np.allclose(kept.mean, spread.mean(axis=0))
+    with pytest.raises(SfmkitError):
+        learn_pair_whitening(x, pairs, dim=1, spread=spread[:, :2])
     with pytest.raises(SfmkitError):
         learn_pair_whitening(x, np.array([[0, len(x)]]), dim=1)
     with pytest.raises(SfmkitError):

@@ -129,7 +129,9 @@ def evaluate_retrieval_cmd(
         list[int] | None, typer.Option("--k", help="mAP@k cut-offs (repeatable; default 100, 200).")
     ] = None,
     size: Annotated[int, typer.Option("--size", help="Longer image side fed to the network.")] = 896,
-    whitening: Annotated[str, typer.Option("--whitening", help="model, database or none.")] = "model",
+    whitening: Annotated[
+        str, typer.Option("--whitening", help="model (none if it has none), database or none.")
+    ] = "model",
     threshold: Annotated[float, typer.Option("--threshold", help="CO at or above which images match.")] = 0.5,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,

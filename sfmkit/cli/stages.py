@@ -83,7 +83,9 @@ ModelOpt = Annotated[
 SizeOpt = Annotated[int, typer.Option("--size", help="Longer image side fed to the network (paper: 896).")]
 WhiteningOpt = Annotated[
     str,
-    typer.Option("--whitening", help=f"One of {', '.join(WHITENINGS)} (model: the model's, if it has one)."),
+    typer.Option(
+        "--whitening", help=f"One of {', '.join(WHITENINGS)} (model: the model's; none if it has none)."
+    ),
 ]
 IndexOpt = Annotated[str, typer.Option("--index", help="auto, flat, ivf or hnsw.")]
 ShortlistOpt = Annotated[int, typer.Option("--shortlist", help="R-MAC candidates re-ranked by PR-MAC.")]

@@ -91,8 +91,18 @@ def train_retrieval_cmd(
     ] = False,
     whitening: Annotated[
         str,
-        typer.Option("--whitening", help="pairs (learned from strong pairs) or pca (of regional vectors)."),
-    ] = "pairs",
+        typer.Option(
+            "--whitening",
+            help="pairs-regions (strong pairs' MAC + regional vectors), pairs (MAC only) or pca (regional).",
+        ),
+    ] = "pairs-regions",
+    loop_whitening: Annotated[
+        bool,
+        typer.Option(
+            "--loop-whitening",
+            help="Loss on descriptors whitened by a pair whitening learned before training (fixed).",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     cache: Annotated[
         Path | None, typer.Option("--cache", help="Folder keeping the frozen features for later runs.")
@@ -118,6 +128,7 @@ def train_retrieval_cmd(
         jitter_copies=jitter_copies,
         backbone_bf16=backbone_bf16,
         whitening=whitening,
+        loop_whitening=loop_whitening,
         seed=seed,
     )
     start = time.perf_counter()

