@@ -42,3 +42,16 @@ def test_global_and_hierarchical_mappers_recover_the_rendered_cameras(
 def test_unknown_mapper_is_refused():
     with pytest.raises(ConfigError, match="unknown mapper"):
         MapConf(mapper="magic")
+
+
+def test_a_written_model_replaces_every_file_of_the_old_one(tmp_path):
+    from sfmkit.io.colmap_model import MODEL_FILES, PLY_FILE, clear_model, write_model
+
+    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "images.bin").write_bytes(b"stale")
+    write_model(pycolmap.Reconstruction(), tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {*MODEL_FILES, PLY_FILE, "report.json"}
+    assert (tmp_path / "images.bin").read_bytes() != b"stale"
+    assert pycolmap.Reconstruction(tmp_path).num_reg_images() == 0
+    clear_model(tmp_path)  # a run that reconstructs nothing leaves no model, other files stay
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

@@ -20,6 +20,7 @@ import numpy as np
 import pycolmap
 
 from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.io.colmap_model import clear_model, write_model
 from sfmkit.io.h5 import H5Reader, check_writable_dir, read_file_attrs
 from sfmkit.io.images import check_fingerprints, read_image, stored_fingerprints
 from sfmkit.io.matches import input_features, read_verified
@@ -31,11 +32,6 @@ from sfmkit.utils.files import write_text_atomic
 from sfmkit.utils.progress import bar, track
 
 logger = logging.getLogger(__name__)
-
-
-#: Files of a model written by a previous run; removed before writing a new one, so a run that
-#: reconstructs nothing does not leave an old model behind.
-MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin", "model.ply")
 
 
 #: the mappers of ``--mapper``
@@ -358,12 +354,10 @@ def map_images(
     configurations = import_matches(db_path, image_ids, matches, two_view)
 
     best, models, attempts = _run_mapper(conf, db_path, image_dir, out_dir, len(names))
-    for stale in MODEL_FILES:
-        (out_dir / stale).unlink(missing_ok=True)
+    clear_model(out_dir)  # a run that reconstructs nothing leaves no old model behind
     if best is not None:
         colorize(best, image_dir)
-        best.write(out_dir)
-        best.export_PLY(out_dir / "model.ply")
+        write_model(best, out_dir)
     stats = reconstruction_stats(best, len(names))
     stats["models"] = len(models)
     stats["mapping_attempts"] = attempts

@@ -34,6 +34,7 @@ import pycolmap
 import torch
 
 from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.io.colmap_model import MODEL_FILES, write_model
 from sfmkit.io.h5 import check_writable_dir
 from sfmkit.io.images import image_fingerprint, read_image
 from sfmkit.refinement.dense import WindowFeatures, Windows, window_origins
@@ -353,8 +354,6 @@ def _write_back(rec: pycolmap.Reconstruction, prob: _Problem) -> None:
 
 #: The stage's record of a finished adjustment: config, digest of the input model, statistics.
 RUN_FILE = "ba-run.json"
-#: The model files a COLMAP model folder holds (the input digest reads them; a rerun replaces them).
-MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin")
 
 
 @dataclass(frozen=True)
@@ -428,10 +427,7 @@ def bundle_adjust(
             return BundleResult(out_dir, pycolmap.Reconstruction(out_dir), previous.get("stats", {}))
     record_path.unlink(missing_ok=True)
     stats = featuremetric_ba(rec, Path(images), conf)
-    for stale in (*MODEL_FILES, "model.ply"):
-        (out_dir / stale).unlink(missing_ok=True)
-    rec.write(out_dir)
-    rec.export_PLY(out_dir / "model.ply")
+    write_model(rec, out_dir)
     record = {"config": config, "model": str(model_dir.resolve()), "inputs_sha1": digest, "stats": stats}
     write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
     return BundleResult(out_dir, rec, stats)
