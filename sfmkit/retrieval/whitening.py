@@ -25,6 +25,17 @@ def _covariance(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return cov / (len(x) - 1)
 
 
+def _principal_directions(cov: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` largest eigenvalues of a symmetric matrix and their eigenvectors (columns),
+    strongest first, each vector's sign fixed (largest-magnitude component positive) so the
+    result does not depend on the solver."""
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:keep]
+    vectors = vectors[:, order]
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(keep)])
+    return values[order], vectors * np.where(signs == 0, 1.0, signs)
+
+
 def learn_whitening(x: np.ndarray, dim: int = 256, eps: float = 1e-6) -> Whitening:
     """PCA whitening of the rows of ``x``.
 
@@ -55,13 +66,8 @@ def learn_whitening(x: np.ndarray, dim: int = 256, eps: float = 1e-6) -> Whiteni
     cov = _covariance(x, mean)
     if not np.isfinite(cov).all():
         raise SfmkitError("the whitening training vectors contain NaN or infinite values")
-    values, vectors = np.linalg.eigh(cov)
-    order = np.argsort(values)[::-1][:keep]
-    values = np.maximum(values[order], 0.0)
-    vectors = vectors[:, order]
-    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(keep)])
-    vectors = vectors * np.where(signs == 0, 1.0, signs)
-    projection = vectors.T / np.sqrt(values + eps)[:, None]
+    values, vectors = _principal_directions(cov, keep)
+    projection = vectors.T / np.sqrt(np.maximum(values, 0.0) + eps)[:, None]
     return Whitening(mean, projection)
 
 
@@ -115,9 +121,5 @@ def learn_pair_whitening(
         raise SfmkitError("the whitening training vectors contain NaN or infinite values")
     values, vectors = np.linalg.eigh(within)
     flatten = (vectors / np.sqrt(values)) @ vectors.T  # C_S^(-1/2), symmetric
-    values, vectors = np.linalg.eigh(_covariance((kept - mean) @ flatten.T, np.zeros(len(mean))))
-    order = np.argsort(values)[::-1][:dim]
-    vectors = vectors[:, order]
-    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dim)])
-    vectors = vectors * np.where(signs == 0, 1.0, signs)
+    _, vectors = _principal_directions(_covariance((kept - mean) @ flatten.T, np.zeros(len(mean))), dim)
     return Whitening(mean, vectors.T @ flatten)

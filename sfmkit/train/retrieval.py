@@ -67,8 +67,13 @@ CONV5 = ("conv5_1", "conv5_2", "conv5_3")
 CACHE_VERSION = 2
 #: Cached maps run through the trained layers per call outside training steps.
 INFERENCE_CHUNK = 32
-#: Whitenings learned after training (see TrainRetrievalConf.whitening).
-WHITENINGS = ("pairs-regions", "pairs", "pca")
+#: Whitenings learned after training (see TrainRetrievalConf.whitening), as the model card
+#: describes them.
+WHITENINGS = {
+    "pairs-regions": "whitening learned from strong pairs (MAC) and regional vectors",
+    "pairs": "whitening learned from the MAC vectors of strong pairs",
+    "pca": "PCA whitening of regional vectors",
+}
 #: Training images the validation whitening is learned on.
 VAL_WHITENING_IMAGES = 600
 
@@ -400,22 +405,20 @@ def training_whitening(
         per_scene = max(1, int(np.mean([len(s.features) for s in scenes])))
         count = max(2, min(len(scenes), limit // per_scene))
         scenes = [scenes[i] for i in np.linspace(0, len(scenes) - 1, count).round().astype(int)]
+    kind = kind or conf.whitening
     maps = [feats[0] for scene in scenes for feats in scene.features]
-    if (kind or conf.whitening) == "pca":
-        regional = [
-            regional_mac(fmap, rmac_regions(fmap.shape[2], fmap.shape[3]))[0].cpu().numpy()
-            for fmap in _trained_chunks(trunk, maps, conf, dev)
-        ]
+    vectors, regional = [], []
+    for fmap in _trained_chunks(trunk, maps, conf, dev):
+        if kind != "pca":
+            vectors.append(mac(fmap)[0].cpu().numpy())
+        if kind != "pairs":
+            regional.append(regional_mac(fmap, rmac_regions(fmap.shape[2], fmap.shape[3]))[0].cpu().numpy())
+    if kind == "pca":
         return learn_whitening(np.concatenate(regional), conf.whitening_dim)
     pairs, offset = [], 0
     for scene in scenes:
         pairs.append(np.asarray(scene.labels.strong, np.int64).reshape(-1, 2) + offset)
         offset += len(scene.features)
-    vectors, regional = [], []
-    for fmap in _trained_chunks(trunk, maps, conf, dev):
-        vectors.append(mac(fmap)[0].cpu().numpy())
-        if (kind or conf.whitening) == "pairs-regions":
-            regional.append(regional_mac(fmap, rmac_regions(fmap.shape[2], fmap.shape[3]))[0].cpu().numpy())
     return learn_pair_whitening(
         np.stack(vectors),
         np.concatenate(pairs),
@@ -572,14 +575,7 @@ def train_retrieval(
     whitening = training_whitening(trunk, scenes, conf, dev)
     card = model_card(
         "sfmkit retrieval model: VGG16 to conv5_3, last conv5 layers fine-tuned with the "
-        "batched mask triplet loss (GL3D) and same-scene negatives, "
-        + (
-            {
-                "pairs-regions": "whitening learned from strong pairs (MAC) and regional vectors",
-                "pairs": "whitening learned from the MAC vectors of strong pairs",
-                "pca": "PCA whitening of regional vectors",
-            }[conf.whitening]
-        ),
+        "batched mask triplet loss (GL3D) and same-scene negatives, " + WHITENINGS[conf.whitening],
         command,
         conf,
         [s.labels_path for s in scenes],
