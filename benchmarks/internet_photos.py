@@ -26,13 +26,12 @@ import numpy as np
 import pycolmap
 
 from sfmkit.eval.poses import mean_relative_rotation_error
-from sfmkit.features import get_conf
+from sfmkit.features import get_conf, with_max_size
 from sfmkit.io.images import list_images
 from sfmkit.io.poses import model_poses
 from sfmkit.pipelines.methods import colmap_sift_runner, sfmkit_runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
 from sfmkit.reconstruction.mapping import reconstruction_stats
-from sfmkit.utils.config import replace
 
 
 def focal_ratio(ref: pycolmap.Reconstruction, est: pycolmap.Reconstruction) -> float:
@@ -70,11 +69,14 @@ def main() -> None:
         "sfmkit dense-vgg16 refine none": sfmkit_runner(
             ReconstructConf(features=get_conf("dense-vgg16"), refine="none")
         ),
+        "sfmkit dense-vgg16 refine keypoints+ba": sfmkit_runner(
+            ReconstructConf(features=get_conf("dense-vgg16"), refine="keypoints+ba")
+        ),
         "sfmkit sift": sfmkit_runner(ReconstructConf(features=get_conf("sift"))),
         "aliked + lightglue": sfmkit_runner(ReconstructConf(features=get_conf("aliked"))),
     }
     for size in args.max_size:
-        conf = ReconstructConf(features=replace(get_conf("dense-vgg16"), max_size=size))
+        conf = ReconstructConf(features=with_max_size(get_conf("dense-vgg16"), size))
         sfmkit_runners[f"sfmkit dense-vgg16 {size}px"] = sfmkit_runner(conf)
     if args.methods is not None:
         args.methods += [f"sfmkit dense-vgg16 {size}px" for size in args.max_size]

@@ -31,6 +31,7 @@ import numpy as np
 import pycolmap
 
 from sfmkit.eval.matches import fundamental, sampson_errors, summarize, verified_sampson
+from sfmkit.features import with_max_size
 from sfmkit.io.h5 import json_attr
 from sfmkit.io.pairs import read_pairs
 from sfmkit.io.strecha import read_scene
@@ -123,7 +124,7 @@ def main() -> None:
         out = args.output / scene.name
         base = out / "none"
         conf = ReconstructConf(refine="none")
-        conf = replace(conf, features=replace(conf.features, max_size=args.max_size))
+        conf = replace(conf, features=with_max_size(conf.features, args.max_size))
         reconstruct(conf, scene / "images", base)
         features = next(base.glob("features-*.h5"))
         verified = next(base.glob("verified-*.h5"))

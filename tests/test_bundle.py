@@ -90,6 +90,10 @@ def test_featuremetric_ba_undoes_a_perturbation(reconstructed_scene):
     assert adjusted < mapped + 0.5 * (perturbed - mapped), (mapped, perturbed, adjusted)
     left = _rotation_between(rec.images[ids[3]].cam_from_world(), original)
     assert left < 0.05, left
+    # the points' stored errors (the reported reprojection error) follow the adjusted geometry
+    stored = rec.compute_mean_reprojection_error()
+    rec.update_point_3d_errors()
+    assert stored == pytest.approx(rec.compute_mean_reprojection_error())
 
 
 def test_bundle_adjust_stage_and_command(reconstructed_scene, tmp_path, monkeypatch, cli):
@@ -124,11 +128,15 @@ def test_bundle_adjust_stage_and_command(reconstructed_scene, tmp_path, monkeypa
     assert recorded["config"]["poses"] is False
 
 
-def test_reconstruct_takes_the_bundle_adjustment_only_when_asked():
+def test_reconstruct_takes_the_bundle_adjustment_by_default_for_dense_features_or_when_asked():
+    from sfmkit.features import get_conf
     from sfmkit.pipelines.reconstruct import ReconstructConf, run_config
 
-    assert ReconstructConf().bundle_conf() is None
-    assert "bundle" not in run_config(ReconstructConf())  # older outputs keep their config
+    assert ReconstructConf().bundle_conf() == BundleConf()  # dense VGG16's default
+    assert ReconstructConf().stage_confs()[2].name == "featuremetric"
+    for off in (ReconstructConf(refine="keypoints"), ReconstructConf(features=get_conf("sift"))):
+        assert off.bundle_conf() is None
+        assert "bundle" not in run_config(off)  # older outputs keep their config
     conf = ReconstructConf(refine="keypoints+ba")
     assert conf.bundle_conf() == BundleConf() and conf.stage_confs()[2].name == "featuremetric"
     assert run_config(conf)["bundle"]["window"] == BundleConf().window
@@ -142,3 +150,6 @@ def test_reconstruct_takes_the_bundle_adjustment_only_when_asked():
     with pytest.raises(ConfigError, match="OPENCV_FISHEYE"):
         ReconstructConf(refine="keypoints+ba", mapping=fisheye)
     ReconstructConf(refine="keypoints", mapping=fisheye)  # without the adjustment: any model
+    # the default adjustment is left out for a model it cannot adjust, not refused
+    assert ReconstructConf(mapping=fisheye).bundle_conf() is None
+    assert ReconstructConf(mapping=fisheye).stage_confs()[2].name == "featuremetric"

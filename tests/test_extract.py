@@ -10,8 +10,8 @@ import pytest
 from helpers import textured_image
 from PIL import Image
 
-from sfmkit.errors import ConfigError
-from sfmkit.features import dense_vgg, get_conf
+from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.features import dense_vgg, extraction_size, get_conf, with_max_size
 from sfmkit.features.extract import extract, features_path
 from sfmkit.io.h5 import H5Reader, json_attr
 from sfmkit.utils.config import replace
@@ -199,3 +199,28 @@ def test_pyramid_levels_are_concatenated_after_level_0(tmp_path):
         replace(CONF, pyramid=(0.5, 0.25))
     with pytest.raises(ConfigError):
         replace(CONF, pyramid=(1.0, 0.5, 0.5))
+
+
+def test_large_captures_are_extracted_smaller_for_the_whole_collection(tmp_path):
+    folder = tmp_path / "im"
+    folder.mkdir()
+    for i, size in enumerate([(640, 480), (640, 480), (320, 240)]):
+        Image.fromarray(textured_image(i, size)).save(folder / f"{i}.png")
+    rule = replace(CONF, large_images=(600, 96))  # median longer side 640 >= 600: 96 px
+    path = extract(rule, folder, tmp_path / "out", device="cpu")
+    assert json_attr(path, "extraction_size") == 96 and json_attr(path, "last_run")["extraction_size"] == 96
+    with H5Reader(path) as r:  # one size for all: the 320-px image is extracted at 96 px too
+        assert list(r.array(("2.png",), "grid_shape")) == [9, 12]
+        assert list(r.array(("0.png",), "grid_shape")) == [9, 12]
+        assert list(r.array(("0.png",), "image_size")) == [640, 480]
+    # --max-size turns the rule off
+    assert with_max_size(rule, 160).large_images is None
+    assert extraction_size(with_max_size(rule, 160), 10_000) == 160
+    assert extraction_size(get_conf("sift"), 10_000) == get_conf("sift").max_size
+    # more small images move the median below the threshold: the file is not resumed at 160 px
+    for i in range(3, 6):
+        Image.fromarray(textured_image(i, (320, 240))).save(folder / f"{i}.png")
+    with pytest.raises(SfmkitError, match="extracted at 96 px.*--max-size 96"):
+        extract(rule, folder, tmp_path / "out", device="cpu")
+    assert extract(rule, folder, tmp_path / "out", device="cpu", overwrite=True) == path
+    assert json_attr(path, "extraction_size") == 160

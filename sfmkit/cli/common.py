@@ -20,10 +20,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from sfmkit.errors import SfmkitError
-from sfmkit.features import CONFS, FeatureConf, get_conf
+from sfmkit.features import CONFS, FeatureConf, get_conf, with_max_size
 from sfmkit.reconstruction.cameras import CAMERA_MODES, CameraConf
 from sfmkit.reconstruction.mapping import MAPPERS, MapConf, MapResult
-from sfmkit.utils.config import conf_to_dict, replace
+from sfmkit.utils.config import conf_to_dict
 from sfmkit.utils.executor import EXECUTORS, ExecutorConf
 from sfmkit.utils.report import write_report
 from sfmkit.utils.timing import peak_rss_mb
@@ -173,7 +173,12 @@ ImagesArg = Annotated[Path, typer.Argument(help="Folder of images (searched recu
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 FeaturesOpt = Annotated[FeaturePreset, typer.Option("--features", help="Feature preset.")]  # type: ignore[valid-type]
 MaxSizeOpt = Annotated[
-    int | None, typer.Option("--max-size", help="Longer image side for extraction (default: preset's).")
+    int | None,
+    typer.Option(
+        "--max-size",
+        help="Longer image side for extraction, for every collection (default: the preset's; dense "
+        "VGG16: 1024 px, or 640 px when the images' median longer side is 2048 px or more).",
+    ),
 ]
 WeightsOpt = Annotated[
     str | None,
@@ -193,7 +198,7 @@ MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="Refuse images w
 
 def feature_conf(preset: str, max_size: int | None, weights: str | None) -> FeatureConf:
     """The preset with the user's overrides (``--weights``: dense VGG16 and multiscale-kp)."""
-    conf = replace(get_conf(preset), max_size=max_size)
+    conf = with_max_size(get_conf(preset), max_size)
     return conf if weights is None else conf.with_weights(weights)
 
 

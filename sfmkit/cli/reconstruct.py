@@ -102,9 +102,10 @@ def reconstruct_cmd(
         RefineChoice | None,
         typer.Option(
             "--refine",
-            help="Featuremetric keypoint adjustment before mapping: keypoints or none "
-            "(default: by feature type; on for the learned features); keypoints+ba also "
-            "adjusts the mapped model featuremetrically (written to OUT/sfm-ba).",
+            help="Featuremetric keypoint adjustment before mapping: keypoints or none; keypoints+ba "
+            "also adjusts the mapped model featuremetrically (written to OUT/sfm-ba, the final "
+            "model). Default by feature type: keypoints+ba for dense VGG16, keypoints for "
+            "multiscale-kp, none for SIFT and the peers.",
         ),
     ] = None,  # type: ignore[valid-type]
     camera_mode: CameraModeOpt = CameraMode("auto"),  # type: ignore[call-arg]
@@ -154,6 +155,9 @@ def reconstruct_cmd(
     stats = result.mapping.stats
     skipped = result.counts.get("skipped_images") or {}
     rows = [("output", output), ("model", result.mapping.path), *mapping_rows(stats)]
+    rows.append(
+        ("extraction size (longer side, at most)", f"{result.counts['extract'].get('extraction_size')} px")
+    )
     if skipped:
         rows.append(("images skipped (unreadable)", len(skipped)))
     if "filter" in result.counts:

@@ -134,6 +134,7 @@ def extract_cmd(
     rows = [
         ("images computed / reused", f"{run['computed']} / {run['reused']}"),
         ("images skipped", len(skipped)),
+        ("extraction size (longer side, at most)", f"{run['extraction_size']} px"),
     ]
     finish(output, "extract", conf, path, seconds, counts, rows)
     for name, reason in skipped.items():

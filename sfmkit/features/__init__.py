@@ -3,15 +3,18 @@
 ``CONFS`` maps a preset name (a CLI choice of ``--features``) to its frozen config. Each
 config class declares its ``kind`` (stored in feature files), the matcher, verification and
 keypoint refinement used when none is named (``default_matcher``, ``default_verification``,
-``default_refinement``: a preset of :mod:`sfmkit.refinement.refine` or ``none``), whether its items
+``default_refinement``: a preset of :mod:`sfmkit.refinement.refine`, possibly followed by ``+ba``
+for the featuremetric bundle adjustment after mapping, or ``none``), whether its items
 carry the dense coarse/fine grids of coarse-to-fine matching (``dense``), and how
-``--weights`` changes it (``with_weights``). :data:`KINDS` maps each kind to its config class
-and :func:`make_extractor` builds the extractor of a config: no other module tells the kinds
-apart.
+``--weights`` changes it (``with_weights``). :data:`KINDS` maps each kind to its config class,
+:func:`make_extractor` builds the extractor of a config, and :func:`with_max_size` /
+:func:`extraction_size` apply ``--max-size`` and the collection-dependent size: no other module
+tells the kinds apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -38,8 +41,9 @@ KINDS: dict[str, type] = {kind: conf for kind, (conf, _) in _REGISTRY.items()}
 
 CONFS: dict[str, FeatureConf] = {
     "dense-vgg16": DenseVGGConf(),
-    "dense-vgg16-1600": DenseVGGConf(name="dense-vgg16-1600", max_size=1600),
-    "dense-vgg16-ms": DenseVGGConf(name="dense-vgg16-ms", pyramid=(1.0, 0.5, 0.25)),
+    # explicit sizes: 1600 px for every collection; the pyramid's levels are fractions of 1024 px
+    "dense-vgg16-1600": DenseVGGConf(name="dense-vgg16-1600", max_size=1600, large_images=None),
+    "dense-vgg16-ms": DenseVGGConf(name="dense-vgg16-ms", pyramid=(1.0, 0.5, 0.25), large_images=None),
     "dense-vgg16-bf16": DenseVGGConf(name="dense-vgg16-bf16", precision="bfloat16"),
     "dense-vgg16-mixed": DenseVGGConf(name="dense-vgg16-mixed", precision="mixed-bf16"),
     "sift": SiftConf(),
@@ -73,3 +77,19 @@ def feature_kind(kind: str | None) -> type:
 def make_extractor(conf: FeatureConf, device: torch.device) -> Extractor:
     """The extractor of ``conf``."""
     return _REGISTRY[conf.kind][1](conf, device)
+
+
+def with_max_size(conf: FeatureConf, max_size: int | None) -> FeatureConf:
+    """``conf`` extracting every collection at ``max_size`` (``--max-size``; None: unchanged). For
+    dense VGG16 this also turns off the smaller size for large captures (``large_images``)."""
+    if max_size is None:
+        return conf
+    if isinstance(conf, DenseVGGConf):
+        return conf.with_max_size(max_size)
+    return dataclasses.replace(conf, max_size=max_size)
+
+
+def extraction_size(conf: FeatureConf, median_side: int | None) -> int:
+    """The longer image side ``conf`` extracts a collection at, given the median longer side of
+    its images (None: unknown)."""
+    return conf.extraction_size(median_side) if isinstance(conf, DenseVGGConf) else conf.max_size

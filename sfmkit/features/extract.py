@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sfmkit.errors import ImageReadError, SfmkitError
-from sfmkit.features import CONFS, FeatureConf, make_extractor
+from sfmkit.features import CONFS, FeatureConf, extraction_size, make_extractor
 from sfmkit.features.global_descriptors import GLOBAL_CONFS, GlobalConf, GlobalExtractor
 from sfmkit.io.h5 import ItemWriter, json_attr, read_file_attrs
 from sfmkit.io.images import (
@@ -24,6 +24,7 @@ from sfmkit.io.images import (
     LoadedImage,
     check_fingerprints,
     image_fingerprint,
+    image_size,
     list_images,
     read_image,
     stored_fingerprints,
@@ -67,6 +68,23 @@ def _recorded_image_dir(path: Path) -> str | None:
         return None
 
 
+def _check_size(path: Path, size: int, overwrite: bool) -> None:
+    """Refuse to resume a file extracted at another longer side than ``size`` (files from before
+    the attribute existed are taken as extracted at their config's size)."""
+    if overwrite or not path.is_file():
+        return
+    try:
+        recorded = read_file_attrs(path).get("extraction_size")
+    except SfmkitError:
+        return  # unreadable: the writer reports it
+    if recorded is not None and int(recorded) != size:
+        raise SfmkitError(
+            f"{path} was extracted at {int(recorded)} px, but this run extracts at {size} px (the "
+            "collection's median image size decides the default size): pass --max-size "
+            f"{int(recorded)} to resume it, or --overwrite to start again"
+        )
+
+
 def check_weights(conf: Any) -> None:
     """Refuse, before any work, a weights option that cannot load: an unknown VGG16 source or
     a missing ``.pt`` file (``weights``, ``detector``, ``descriptor`` attributes)."""
@@ -107,6 +125,23 @@ def _prefetch(
             yield name, fut.result()
 
 
+#: at most this many images (evenly spaced in name order) give a collection's median size
+SIZE_SAMPLE = 101
+
+
+def median_side(images: Path, names: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> int | None:
+    """The median longer side of the images ``names`` (read from the file headers of up to
+    :data:`SIZE_SAMPLE` of them, unreadable ones left out; None if none is readable)."""
+    step = max(1, -(-len(names) // SIZE_SAMPLE))
+    sides = []
+    for name in names[::step]:
+        try:
+            sides.append(max(image_size(Path(images) / name, max_pixels)))
+        except ImageReadError:
+            continue
+    return int(np.median(sides)) if sides else None
+
+
 def extract(
     conf: FeatureConf,
     images: Path,
@@ -124,12 +159,17 @@ def extract(
     logged, skipped and recorded in the file attribute ``skipped`` ({name: reason}); the
     attribute ``last_run`` counts what this call computed, reused and skipped. With the Ray
     executor the images are extracted by Ray tasks into shards (:mod:`sfmkit.io.shards`) merged
-    into the file, which is then the one the local executor writes.
+    into the file, which is then the one the local executor writes. One extraction size serves
+    the whole collection (:func:`sfmkit.features.extraction_size` of the images' median longer
+    side: dense VGG16 extracts large captures smaller); the file records it as
+    ``extraction_size``.
 
     Returns:
         Path of the feature file.
     """
     check_weights(conf)
+    names = list_images(images, image_names).names
+    size = extraction_size(conf, median_side(images, names, max_pixels))
     return _extract_stage(
         "features",
         conf,
@@ -140,6 +180,7 @@ def extract(
         device,
         max_pixels,
         executor,
+        size,
     )
 
 
@@ -164,13 +205,15 @@ def _extract_stage(
     device: str,
     max_pixels: int,
     executor: ExecutorConf,
+    size: int,
 ) -> Path:
-    """``extract`` or ``extract_global``: the local loop, with Ray tasks writing shards first."""
+    """``extract`` or ``extract_global`` at the longer side ``size``: the local loop, with Ray
+    tasks writing shards first."""
     prepare_shards(path, executor, overwrite)
     label = f"extract {conf.name}" if stage == "features" else "global descriptors"
     remote = None
     if executor.kind == "ray":
-        args = (stage, conf, str(Path(images).resolve()), device, max_pixels)
+        args = (stage, conf, str(Path(images).resolve()), device, max_pixels, size)
 
         def remote(todo: list[str], writer: ItemWriter) -> int:
             return run_sharded(executor, _extract_chunk, args, todo, writer, stage, 1, label)
@@ -185,6 +228,7 @@ def _extract_stage(
         image_names=image_names,
         overwrite=overwrite,
         max_pixels=max_pixels,
+        max_size=size,
         extra_attrs=_stage_attrs(stage, conf),
         remote=remote,
     )
@@ -197,7 +241,7 @@ KILL_ONCE_ENV = "SFMKIT_TEST_KILL_WORKER_ONCE"
 
 
 def _extract_chunk(
-    stage: str, conf: Any, images: str, device: str, max_pixels: int, names: list[str], shard: str
+    stage: str, conf: Any, images: str, device: str, max_pixels: int, size: int, names: list[str], shard: str
 ) -> tuple[str, int]:
     """One Ray task: the ``stage`` items (local features or global descriptors) of ``names`` into
     the shard file ``shard`` (resumable)."""
@@ -231,6 +275,7 @@ def _extract_chunk(
         label="shard",
         image_names=names,
         max_pixels=max_pixels,
+        max_size=size,
         extra_attrs=_stage_attrs(stage, conf),
     )
     return shard, len(names)
@@ -247,6 +292,7 @@ def extract_items(
     image_names: Sequence[str] | None = None,
     overwrite: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_size: int | None = None,
     extra_attrs: dict[str, Any] | None = None,
     remote: Callable[[list[str], ItemWriter], int] | None = None,
 ) -> Path:
@@ -255,7 +301,9 @@ def extract_items(
     Args:
         path: the HDF5 output, one item per image.
         stage: the file's stage name (checked when the file is reused).
-        conf: a frozen config with ``max_size``; stored and compared on reuse.
+        conf: a frozen config; stored and compared on reuse.
+        max_size: the longer side images are read at (None: ``conf.max_size``); stored as the
+            attribute ``extraction_size``, and a file extracted at another size is not resumed.
         make: builds the per-image function (called only when something is left to do).
         label: the progress-bar title.
         remote: computes items elsewhere first (the Ray executor): given the names to do and the
@@ -269,7 +317,9 @@ def extract_items(
     # --overwrite: load the model before deleting the old file, so a device or weights error
     # costs nothing already computed
     extractor = make() if overwrite else None
+    max_size = conf.max_size if max_size is None else max_size
     recorded_dir = _recorded_image_dir(path) if not overwrite else None
+    _check_size(path, max_size, overwrite)
     writer = ItemWriter(
         path,
         stage,
@@ -280,7 +330,7 @@ def extract_items(
     )
     if writer.done:  # resuming: the images must be those the stored items came from
         check_fingerprints(stored_fingerprints(path, listing.names), images, path, recorded_dir)
-    writer.set_attrs(image_dir=str(images.resolve()))
+    writer.set_attrs(image_dir=str(images.resolve()), extraction_size=max_size)
     previous_skips = json_attr(path, "skipped", {}) or {}
     todo = [n for n in listing.names if (n,) not in writer.done]
     reused = len(listing.names) - len(todo)
@@ -301,7 +351,7 @@ def extract_items(
                 path.unlink(missing_ok=True)  # leave no empty file behind a device or weights error
             raise
         with writer:
-            stream = _prefetch(images, todo, conf.max_size, max_pixels)
+            stream = _prefetch(images, todo, max_size, max_pixels)
             for name, loaded in track(stream, label, total=len(todo)):
                 try:
                     if isinstance(loaded, ImageReadError):
@@ -327,6 +377,7 @@ def extract_items(
             "reused": reused,
             "skipped": len(skipped),
             "seconds": round(time.perf_counter() - start, 3),
+            "extraction_size": max_size,
             **({"executor": "ray"} if remote is not None else {}),
         },
     )
@@ -361,4 +412,5 @@ def extract_global(
         device,
         max_pixels,
         executor,
+        conf.max_size,
     )

@@ -86,9 +86,20 @@ class ReconstructConf:
                 "choose another --camera-model or leave out +ba"
             )
 
+    def refinement(self) -> str:
+        """The ``--refine`` in effect: the user's, else the feature type's default; a default
+        bundle adjustment (dense VGG16's) is left out for a camera model it cannot adjust."""
+        if self.refine is not None:
+            return self.refine
+        name = self.features.default_refinement
+        camera = self.mapping.camera
+        if name.endswith(BA_SUFFIX) and camera.intrinsics is None and camera.model not in BA_MODELS:
+            return name.removesuffix(BA_SUFFIX)
+        return name
+
     def bundle_conf(self) -> BundleConf | None:
         """The featuremetric bundle adjustment after mapping, or None."""
-        return self.bundle if (self.refine or "").endswith(BA_SUFFIX) else None
+        return self.bundle if self.refinement().endswith(BA_SUFFIX) else None
 
     def stage_confs(self) -> tuple[AnyMatchConf, VerifyConf, RefineConf | None]:
         """The matcher, verification and keypoint refinement (None: none) actually used."""
@@ -96,8 +107,7 @@ class ReconstructConf:
         verification = self.verify or verify_mod.CONFS[self.features.default_verification]
         if self.best_pairs is not None:
             verification = dataclasses.replace(verification, best_pairs=self.best_pairs)
-        name = self.features.default_refinement if self.refine is None else self.refine
-        name = name.removesuffix(BA_SUFFIX)
+        name = self.refinement().removesuffix(BA_SUFFIX)
         name = "featuremetric" if name == "keypoints" else name
         return matcher, verification, None if name == "none" else refine_mod.CONFS[name]
 

@@ -350,6 +350,7 @@ def _write_back(rec: pycolmap.Reconstruction, prob: _Problem) -> None:
         pose = pycolmap.Rigid3d(pycolmap.Rotation3d(prob.R[k].numpy()), prob.t[k].numpy())
         image = rec.images[iid]
         rec.frames[image.frame_id].set_cam_from_world(image.camera_id, pose)
+    rec.update_point_3d_errors()  # the stored errors (reprojection statistics) follow the new geometry
 
 
 #: The stage's record of a finished adjustment: config, digest of the input model, statistics.
