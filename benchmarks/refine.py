@@ -6,7 +6,7 @@ histogram of the keypoint shifts (PNG), and COLMAP SIFT's verified matches for r
 
     python benchmarks/refine.py ../shared/datasets/strecha/fountain-P11 \\
         ../shared/datasets/strecha/Herz-Jesus-P8 -o bench_out/refine \\
-        [--variants default intensity-1pass vgg-conv1_2 ...] [--max-size 1024]
+        [--variants default intensity-1pass vgg-conv1_2 ...] [--max-size N]
 
 Each variant runs in its own process (so its peak memory is its own). The features and
 verified matches are made once per scene with ``reconstruct --refine none``.
@@ -114,7 +114,12 @@ def main() -> None:
     parser.add_argument("scenes", nargs="+", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("bench_out/refine"))
     parser.add_argument("--variants", nargs="+", default=["default", "intensity-1pass", "vgg-conv1_2"])
-    parser.add_argument("--max-size", type=int, default=1024)
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        help="extraction size (default: the preset's)",
+    )
     parser.add_argument("--no-colmap", action="store_true", help="skip COLMAP SIFT's reference figures")
     args = parser.parse_args()
     pycolmap.logging.minloglevel = 2
