@@ -48,6 +48,24 @@ def test_pyrender_follows_colmap_pixel_convention():
     assert np.isinf(depth[0, 0])
 
 
+def test_textures_of_any_width_render_unskewed():
+    """A red square textured with a 101-px wide image (303 bytes a row, not a multiple of 4) must
+    render red: OpenGL's 4-byte row alignment used to skew such textures into grey stripes."""
+    square = np.array([[-1.0, -1.0, 0.0], [1.0, -1.0, 0.0], [1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]])
+    verts = square[[0, 1, 2, 0, 2, 3]]
+    uv = ((verts[:, :2] + 1) / 2).astype(np.float32)
+    texture = np.zeros((101, 101, 3), np.uint8)
+    texture[..., 0] = 220
+    part = Part(verts, uv, texture)
+    scene = SynthScene("test", [part], np.array([0, 0, 1.0]), np.zeros((0, 3)), 1.0)
+    r, t = look_at(np.array([0.0, 0.0, 2.0]), np.zeros(3), (0.0, 1.0, 0.0))
+    cam = PinholeCamera(np.array([[100.0, 0, 40], [0, 100.0, 30], [0, 0, 1]]), r, t, 80, 60)
+    with Renderer(scene, 80, 60, "day") as renderer:
+        image, _ = renderer.render(cam)
+    centre = image[15:45, 20:60].reshape(-1, 3).astype(float)
+    assert (centre[:, 0] > 3 * centre[:, 1:].max(axis=1) + 10).all(), centre.mean(0)
+
+
 def test_synth_is_deterministic_and_exports_exact_truth(tmp_path):
     conf = SynthConf(scene="orbit", n_images=4, size=(128, 96), seed=3, image_format="png", points=3000)
     synthesize(conf, tmp_path / "a")

@@ -55,6 +55,15 @@ def _pyrender() -> Any:
     return pyrender
 
 
+def _rgba(texture: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 4), opaque. OpenGL reads texture rows at 4-byte alignment, so an
+    RGB texture whose width times 3 is not a multiple of 4 (e.g. the 5150-px terrain of a
+    2,000-image survey) loaded skewed: every row shifted, the colours smeared into diagonal
+    grey stripes. Four bytes per pixel keep every row aligned."""
+    alpha = np.full((*texture.shape[:2], 1), 255, np.uint8)
+    return np.concatenate([texture, alpha], axis=2)
+
+
 def _frame_with_z(z: np.ndarray, position: np.ndarray) -> np.ndarray:
     """A 4x4 pose whose z axis is ``z`` (a light shines along its -z)."""
     z = z / np.linalg.norm(z)
@@ -90,7 +99,7 @@ class Renderer:
         # mesh nodes live in a set, whose order (and so the winner of depth ties) varies by run.
         primitives = []
         for part in scene.parts:
-            texture = pyrender.Texture(source=part.texture, source_channels="RGB")
+            texture = pyrender.Texture(source=_rgba(part.texture), source_channels="RGBA")
             material = pyrender.MetallicRoughnessMaterial(
                 baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=1.0, doubleSided=True
             )
