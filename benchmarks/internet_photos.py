@@ -69,8 +69,8 @@ def main() -> None:
         "sfmkit dense-vgg16 refine none": sfmkit_runner(
             ReconstructConf(features=get_conf("dense-vgg16"), refine="none")
         ),
-        "sfmkit dense-vgg16 refine keypoints+ba": sfmkit_runner(
-            ReconstructConf(features=get_conf("dense-vgg16"), refine="keypoints+ba")
+        "sfmkit dense-vgg16 refine keypoints": sfmkit_runner(  # without the bundle adjustment
+            ReconstructConf(features=get_conf("dense-vgg16"), refine="keypoints")
         ),
         "sfmkit sift": sfmkit_runner(ReconstructConf(features=get_conf("sift"))),
         "aliked + lightglue": sfmkit_runner(ReconstructConf(features=get_conf("aliked"))),

@@ -21,9 +21,11 @@ def test_reconstruct_rendered_scene_registers_all_and_is_accurate(reconstructed_
     assert result.exit_code == 0, result.output
     assert "images registered" in result.output
 
-    rec = pycolmap.Reconstruction(out / "sfm")
-    assert rec.num_reg_images() == 8
-    assert (out / "sfm" / "model.ply").stat().st_size > 1000
+    final = out / "sfm-ba"  # the default's last step: the featuremetric bundle adjustment
+    assert json.loads((out / "report.json").read_text())["reconstruct"]["outputs"]["model"] == str(final)
+    rec = pycolmap.Reconstruction(final)
+    assert rec.num_reg_images() == 8 and pycolmap.Reconstruction(out / "sfm").num_reg_images() == 8
+    assert (final / "model.ply").stat().st_size > 1000
     truth = {name: cam.pose for name, cam in read_scene(scene_dir).items()}
     errors = pose_errors(truth, model_poses(rec))
     assert not errors.missing

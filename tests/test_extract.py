@@ -10,7 +10,7 @@ import pytest
 from helpers import textured_image
 from PIL import Image
 
-from sfmkit.errors import ConfigError, SfmkitError
+from sfmkit.errors import ConfigError
 from sfmkit.features import dense_vgg, extraction_size, get_conf, with_max_size
 from sfmkit.features.extract import extract, features_path
 from sfmkit.io.h5 import H5Reader, json_attr
@@ -213,14 +213,17 @@ def test_large_captures_are_extracted_smaller_for_the_whole_collection(tmp_path)
         assert list(r.array(("2.png",), "grid_shape")) == [9, 12]
         assert list(r.array(("0.png",), "grid_shape")) == [9, 12]
         assert list(r.array(("0.png",), "image_size")) == [640, 480]
-    # --max-size turns the rule off
+    # --max-size turns the rule off; the rule never extracts above max_size
     assert with_max_size(rule, 160).large_images is None
     assert extraction_size(with_max_size(rule, 160), 10_000) == 160
+    assert extraction_size(replace(rule, large_images=(600, 200)), 10_000) == 160
     assert extraction_size(get_conf("sift"), 10_000) == get_conf("sift").max_size
-    # more small images move the median below the threshold: the file is not resumed at 160 px
+    # more small images move the median below the threshold: the file keeps its one size
     for i in range(3, 6):
         Image.fromarray(textured_image(i, (320, 240))).save(folder / f"{i}.png")
-    with pytest.raises(SfmkitError, match="extracted at 96 px.*--max-size 96"):
-        extract(rule, folder, tmp_path / "out", device="cpu")
-    assert extract(rule, folder, tmp_path / "out", device="cpu", overwrite=True) == path
+    assert extract(rule, folder, tmp_path / "out", device="cpu") == path
+    assert json_attr(path, "last_run")["computed"] == 3 and json_attr(path, "extraction_size") == 96
+    with H5Reader(path) as r:
+        assert list(r.array(("5.png",), "grid_shape")) == [9, 12]
+    extract(rule, folder, tmp_path / "out", device="cpu", overwrite=True)  # starts again: the rule
     assert json_attr(path, "extraction_size") == 160

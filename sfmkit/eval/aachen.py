@@ -40,6 +40,7 @@ from sfmkit.matching.match import match
 from sfmkit.pipelines.methods import Runner
 from sfmkit.pipelines.reconstruct import ReconstructConf
 from sfmkit.reconstruction.mapping import map_images
+from sfmkit.refinement.bundle import bundle_adjust
 from sfmkit.refinement.refine import refine
 from sfmkit.utils.plots import plot_isolated
 from sfmkit.utils.timing import StageTimer
@@ -196,14 +197,20 @@ def run_sfmkit_subsets(
         map_conf = dataclasses.replace(conf.mapping, camera=camera)
         with timer.stage("map"):
             try:
-                model = map_images(
+                mapped = map_images(
                     map_conf,
                     work / "pool",
                     verified,
                     pairs,
                     out_dir / subset.name / label,
                     features=keypoints,
-                ).reconstruction
+                )
+                model = mapped.reconstruction
+                bundle = conf.bundle_conf()
+                if bundle is not None and model is not None:  # the default's last step, as in reconstruct
+                    model = bundle_adjust(
+                        bundle, mapped.path, work / "pool", out_dir / subset.name / f"{label}-ba"
+                    ).reconstruction
             except SfmkitError as exc:
                 logger.warning("%s: sfmkit could not reconstruct: %s", subset.name, exc)
                 model = None

@@ -118,7 +118,7 @@ class DenseVGGConf:
         """The longer side a collection whose images' median longer side is ``median_side``
         (None: unknown) is extracted at."""
         if self.large_images is not None and median_side is not None and median_side >= self.large_images[0]:
-            return self.large_images[1]
+            return min(self.large_images[1], self.max_size)
         return self.max_size
 
 

@@ -68,21 +68,21 @@ def _recorded_image_dir(path: Path) -> str | None:
         return None
 
 
-def _check_size(path: Path, size: int, overwrite: bool) -> None:
-    """Refuse to resume a file extracted at another longer side than ``size`` (files from before
-    the attribute existed are taken as extracted at their config's size)."""
+def _resumed_size(path: Path, size: int, overwrite: bool) -> int:
+    """The longer side to extract at: ``size``, or the size a file being resumed was extracted
+    at, so that one file holds one size (images added to a collection can move its median
+    across the threshold; they then follow the images already extracted)."""
     if overwrite or not path.is_file():
-        return
+        return size
     try:
         recorded = read_file_attrs(path).get("extraction_size")
     except SfmkitError:
-        return  # unreadable: the writer reports it
-    if recorded is not None and int(recorded) != size:
-        raise SfmkitError(
-            f"{path} was extracted at {int(recorded)} px, but this run extracts at {size} px (the "
-            "collection's median image size decides the default size): pass --max-size "
-            f"{int(recorded)} to resume it, or --overwrite to start again"
-        )
+        return size  # unreadable: the writer deals with it
+    if recorded is None or int(recorded) == size:
+        return size
+    recorded = int(recorded)
+    logger.info("%s was extracted at %d px: the other images follow (not %d px)", path.name, recorded, size)
+    return recorded
 
 
 def check_weights(conf: Any) -> None:
@@ -162,7 +162,7 @@ def extract(
     into the file, which is then the one the local executor writes. One extraction size serves
     the whole collection (:func:`sfmkit.features.extraction_size` of the images' median longer
     side: dense VGG16 extracts large captures smaller); the file records it as
-    ``extraction_size``.
+    ``extraction_size``, and a resumed file keeps its size.
 
     Returns:
         Path of the feature file.
@@ -210,6 +210,7 @@ def _extract_stage(
     """``extract`` or ``extract_global`` at the longer side ``size``: the local loop, with Ray
     tasks writing shards first."""
     prepare_shards(path, executor, overwrite)
+    size = _resumed_size(path, size, overwrite)
     label = f"extract {conf.name}" if stage == "features" else "global descriptors"
     remote = None
     if executor.kind == "ray":
@@ -303,7 +304,7 @@ def extract_items(
         stage: the file's stage name (checked when the file is reused).
         conf: a frozen config; stored and compared on reuse.
         max_size: the longer side images are read at (None: ``conf.max_size``); stored as the
-            attribute ``extraction_size``, and a file extracted at another size is not resumed.
+            attribute ``extraction_size`` (the stage functions resume a file at its size).
         make: builds the per-image function (called only when something is left to do).
         label: the progress-bar title.
         remote: computes items elsewhere first (the Ray executor): given the names to do and the
@@ -319,7 +320,6 @@ def extract_items(
     extractor = make() if overwrite else None
     max_size = conf.max_size if max_size is None else max_size
     recorded_dir = _recorded_image_dir(path) if not overwrite else None
-    _check_size(path, max_size, overwrite)
     writer = ItemWriter(
         path,
         stage,
