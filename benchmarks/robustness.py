@@ -52,7 +52,8 @@ def invoke(args: Sequence[str], cwd: Path) -> tuple[int, str]:
 def _stage_reached(out: Path) -> str:
     """The last stage whose file exists in ``out`` (a rough label for the table)."""
     for name, pattern in (
-        ("done", "sfm/map-run.json"),
+        ("done", "sfm-ba/ba-run.json"),
+        ("bundle", "sfm/map-run.json"),
         ("map", "sfm/database.db"),
         ("refine", "*featuremetric.h5"),
         ("verify", "verified-*.h5"),
