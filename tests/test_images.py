@@ -72,6 +72,19 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_resize_and_scale():
     assert target_size((3072, 2048), 1024) == (1024, 683)
     assert target_size((800, 600), 1024) == (800, 600)
+    # enlarged towards max_size, by at most the factor asked for
+    assert target_size((800, 600), 1024, upscale=2.0) == (1024, 768)
+    assert target_size((320, 240), 1024, upscale=2.0) == (640, 480)
+    assert target_size((3072, 2048), 1024, upscale=2.0) == (1024, 683)
+
+
+def test_enlarged_read_reports_scale(tmp_path):
+    """Keypoints found on an enlarged image map back to the file's pixels through ``scale``."""
+    path = tmp_path / "small.png"
+    Image.fromarray(textured_image(5, (320, 240))).save(path)
+    loaded = read_image(path, max_size=1024, upscale=2.0)
+    assert loaded.rgb.shape == (480, 640, 3) and loaded.size == (320, 240)
+    assert loaded.scale == (0.5, 0.5)
 
 
 def test_resized_read_reports_scale(tmp_path):

@@ -28,9 +28,12 @@ def fundamental(cam0: StrechaCamera, cam1: StrechaCamera) -> np.ndarray:
     """F with x1^T F x0 = 0 for homogeneous pixel coordinates of the two cameras."""
     p0, p1 = cam0.pose, cam1.pose
     r = p1.rotation @ p0.rotation.T
-    t = p1.translation - r @ p0.translation
-    essential = _skew(t) @ r
-    return np.linalg.inv(cam1.K).T @ essential @ np.linalg.inv(cam0.K)
+    return fundamental_from_pose(cam0.K, cam1.K, r, p1.translation - r @ p0.translation)
+
+
+def fundamental_from_pose(k0: np.ndarray, k1: np.ndarray, r: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """F of two cameras with calibrations ``k0``, ``k1`` and relative pose x_1 = r x_0 + t."""
+    return np.linalg.inv(k1).T @ _skew(t) @ r @ np.linalg.inv(k0)
 
 
 def sampson_errors(f: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:

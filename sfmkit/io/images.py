@@ -284,12 +284,16 @@ def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, i
     return width, height
 
 
-def target_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
-    """Size with the longer side at most ``max_size`` (never upscaled)."""
+def target_size(size: tuple[int, int], max_size: int | None, upscale: float = 1.0) -> tuple[int, int]:
+    """Size with the longer side at most ``max_size``; a smaller image is enlarged towards
+    ``max_size`` by at most ``upscale`` (1: never enlarged)."""
     width, height = size
-    if max_size is None or max(width, height) <= max_size:
+    longer = max(width, height)
+    if max_size is None or longer == max_size:
         return width, height
-    ratio = max_size / max(width, height)
+    ratio = max_size / longer if longer > max_size else min(upscale, max_size / longer)
+    if ratio == 1.0:
+        return width, height
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
@@ -314,8 +318,11 @@ def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
         raise ImageReadError(f"{path}: cannot convert pixel mode {image.mode} to RGB ({exc})") from exc
 
 
-def read_image(path: Path, max_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode ``path`` to 8-bit RGB, apply its EXIF orientation and resize it.
+def read_image(
+    path: Path, max_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, upscale: float = 1.0
+) -> LoadedImage:
+    """Decode ``path`` to 8-bit RGB, apply its EXIF orientation and resize it (see
+    :func:`target_size`; enlarged by bicubic interpolation).
 
     Grayscale, palette, CMYK, alpha and 16-bit images are converted to RGB; JPEGs are decoded
     at a reduced scale when that suffices (fast and light for huge images).
@@ -328,9 +335,9 @@ def read_image(path: Path, max_size: int | None = None, max_pixels: int = DEFAUL
         orientation = _orientation(image)
         raw_w, raw_h = image.size
         size = (raw_h, raw_w) if orientation in _SWAPS_AXES else (raw_w, raw_h)
-        out_w, out_h = target_size(size, max_size)
+        out_w, out_h = target_size(size, max_size, upscale)
         try:
-            if image.format == "JPEG" and (out_w, out_h) != size:
+            if image.format == "JPEG" and out_w < size[0]:
                 request = (out_h, out_w) if orientation in _SWAPS_AXES else (out_w, out_h)
                 image.draft("RGB", request)
             image.load()  # the first frame of multi-frame files

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pycolmap
 
+from sfmkit.errors import SfmkitError
 from sfmkit.io.h5 import H5Reader
 from sfmkit.io.pairs import Pair
 from sfmkit.reconstruction.cameras import CameraConf, describe_image, group_images, load_known_k, make_camera
+from sfmkit.utils import progress
 from sfmkit.utils.parallel import ordered_map
 from sfmkit.utils.progress import track
 
@@ -92,34 +100,142 @@ def import_matches(
     RANSAC, COLMAP's configuration logic) pair by pair here rather than through a pairs
     file, so image names may contain spaces.
 
+    The estimation runs in a child process (a fresh interpreter). pycolmap 4.2's shared-focal
+    relative-pose solver (poselib's ``relpose_6pt_shared_focal``, used for two images of one camera without a
+    focal-length prior, e.g. images without EXIF) can kill the process on a degenerate sample
+    (reproduced with collinear keypoints; ``tests/data/shared_focal_crash.npz``). When the child
+    dies, the pairs it had committed are kept, the pairs it was estimating are estimated again
+    with their two images' cameras kept apart (COLMAP's fundamental-matrix path, which has no
+    such solver), and a new child goes on with the rest.
+
     Returns:
         counts of pairs per two-view configuration name.
     """
+    todo = [(pair, m) for pair, m in matches.items() if len(m)]
+    apart: set[Pair] = set()
+    with tempfile.TemporaryDirectory(prefix="sfmkit-two-view-") as tmp:
+        journal, job = Path(tmp) / "journal", Path(tmp) / "job.pickle"
+        while todo:
+            journal.write_bytes(b"")
+            with job.open("wb") as f:
+                args = (db_path, image_ids, todo, options, workers, journal, apart, progress.enabled())
+                pickle.dump(args, f)
+            # a fresh interpreter (not multiprocessing): it does not re-import the caller's __main__
+            returncode = subprocess.call([sys.executable, "-c", _CHILD, str(job)])
+            if returncode == 0:
+                break
+            suspects = {todo[i][0] for i in _unfinished(journal)} - apart
+            if returncode not in _CRASHES or not suspects:
+                raise SfmkitError(
+                    f"the two-view geometry estimation (pycolmap) stopped with exit code {returncode} "
+                    f"while writing {db_path}"
+                )
+            logger.warning(
+                "pycolmap crashed estimating the two-view geometry of %s; estimating %s again with "
+                "the fundamental matrix (the shared-focal solver left out)",
+                ", ".join(f"{a} / {b}" for a, b in sorted(suspects)),
+                "it" if len(suspects) == 1 else "them",
+            )
+            apart |= suspects
+            stored = _stored_pairs(db_path, image_ids, [pair for pair, _ in todo])
+            todo = [(pair, m) for pair, m in todo if pair not in stored]
+    return _configurations(db_path, image_ids, [pair for pair, m in matches.items() if len(m)])
+
+
+#: exit codes of a child killed by a crash (negative: the signal's number)
+_CRASHES = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGFPE, -signal.SIGILL}
+
+_CHILD = "import sys; from sfmkit.reconstruction import database; database.estimate_pairs_job(sys.argv[1])"
+
+
+def estimate_pairs_job(job: str) -> None:
+    """The child process of :func:`import_matches`: run :func:`_estimate_pairs` on the arguments
+    pickled in the file ``job``."""
+    with open(job, "rb") as f:
+        *args, bars = pickle.load(f)
+    progress.set_enabled(bars)
+    _estimate_pairs(*args)
+
+
+def _estimate_pairs(
+    db_path: Path,
+    image_ids: dict[str, int],
+    todo: list[tuple[Pair, np.ndarray]],
+    options: pycolmap.TwoViewGeometryOptions,
+    workers: int | None,
+    journal: Path,
+    apart: set[Pair],
+) -> None:
+    """Estimate and write ``todo``, noting in ``journal`` (one unbuffered line each) which pair
+    it starts (``S i``) and ends (``E i``)."""
     db = pycolmap.Database.open(str(db_path))
-    counts: dict[str, int] = {}
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND)
     try:
         cameras = {name: db.read_camera(db.read_image(iid).camera_id) for name, iid in image_ids.items()}
         keypoints = {
             name: db.read_keypoints(iid)[:, :2].astype(np.float64) for name, iid in image_ids.items()
         }
 
-        def estimate(item: tuple[Pair, np.ndarray]) -> tuple[Pair, np.ndarray, pycolmap.TwoViewGeometry]:
-            (a, b), m = item
+        def estimate(item: tuple[int, tuple[Pair, np.ndarray]]) -> tuple[Pair, np.ndarray, Any]:
+            i, ((a, b), m) = item
+            os.write(fd, f"S {i}\n".encode())
             m = np.ascontiguousarray(m, dtype=np.uint32)
+            camera_b = _kept_apart(cameras[b]) if (a, b) in apart else cameras[b]
             geometry = pycolmap.estimate_two_view_geometry(
-                cameras[a], keypoints[a], cameras[b], keypoints[b], m, options
+                cameras[a], keypoints[a], camera_b, keypoints[b], m, options
             )
+            os.write(fd, f"E {i}\n".encode())
             return (a, b), m, geometry
 
-        jobs = [(pair, m) for pair, m in matches.items() if len(m)]
-        results = track(ordered_map(estimate, jobs, workers), "two-view geometry", total=len(jobs))
+        results = track(ordered_map(estimate, enumerate(todo), workers), "two-view geometry", total=len(todo))
         for batch in _batches(results, TRANSACTION):
             with pycolmap.DatabaseTransaction(db):
                 for (a, b), m, geometry in batch:
                     db.write_matches(image_ids[a], image_ids[b], m)
                     db.write_two_view_geometry(image_ids[a], image_ids[b], geometry)
-                    key = pycolmap.TwoViewGeometryConfiguration(geometry.config).name
-                    counts[key] = counts.get(key, 0) + 1
+    finally:
+        os.close(fd)
+        db.close()
+
+
+def _kept_apart(camera: pycolmap.Camera) -> pycolmap.Camera:
+    """A copy of ``camera`` under another id, so that pycolmap treats a pair of its images as
+    two cameras (no shared-focal estimation)."""
+    copy = pycolmap.Camera(camera.todict())
+    copy.camera_id = camera.camera_id + (1 << 30)
+    return copy
+
+
+def _unfinished(journal: Path) -> set[int]:
+    """Indices the journal shows started and not ended."""
+    started, ended = set(), set()
+    for line in journal.read_text().splitlines():
+        kind, _, index = line.partition(" ")
+        if index.isdigit():
+            (started if kind == "S" else ended).add(int(index))
+    return started - ended
+
+
+def _stored_pairs(db_path: Path, image_ids: dict[str, int], pairs: list[Pair]) -> set[Pair]:
+    """The pairs whose two-view geometry the database holds (committed)."""
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        return {(a, b) for a, b in pairs if db.exists_two_view_geometry(image_ids[a], image_ids[b])}
     finally:
         db.close()
+
+
+def _configurations(db_path: Path, image_ids: dict[str, int], pairs: list[Pair]) -> dict[str, int]:
+    """Pairs per two-view configuration name."""
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        ids, geometries = db.read_two_view_geometries()
+        config = {int(pid): g.config for pid, g in zip(ids, geometries, strict=True)}
+    finally:
+        db.close()
+    counts: dict[str, int] = {}
+    for a, b in pairs:
+        pair_id = pycolmap.image_pair_to_pair_id(image_ids[a], image_ids[b])
+        key = pycolmap.TwoViewGeometryConfiguration(config[pair_id]).name
+        counts[key] = counts.get(key, 0) + 1
     return counts

@@ -30,6 +30,11 @@ def set_enabled(enabled: bool) -> None:
     _ENABLED = enabled
 
 
+def enabled() -> bool:
+    """Whether progress bars are on in this process."""
+    return _ENABLED
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
