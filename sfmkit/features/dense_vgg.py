@@ -55,9 +55,9 @@ class DenseVGGConf:
             ``max_size`` always (an explicit ``--max-size``).
         upscale: an image smaller than the extraction size is enlarged towards it by at most
             this factor (1: never). The keypoints are placed on the feature grid of the image
-            the network sees, so small images gain precision from it: on 640x480 renders,
-            extraction at 1024 px gives 2.2x smaller camera errors (benchmarks/README.md,
-            "Small images"). Costs up to ``upscale``^2 the pixels of extraction and matching.
+            the network sees, so small images gain precision from it: on a 640x480 render,
+            extraction at 1024 px gives 1.5x smaller camera errors at 2.9x the time
+            (benchmarks/README.md, "Small images").
         weights: VGG16 weight source (see :mod:`sfmkit.models.weights`).
         relocalize_k: relocalisation children window (2 = the 2x2 children).
         subpixel: refine each relocalised pixel to sub-pixel precision by a quadratic fit
