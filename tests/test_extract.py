@@ -213,8 +213,8 @@ def test_large_captures_are_extracted_smaller_for_the_whole_collection(tmp_path)
         assert list(r.array(("2.png",), "grid_shape")) == [9, 12]
         assert list(r.array(("0.png",), "grid_shape")) == [9, 12]
         assert list(r.array(("0.png",), "image_size")) == [640, 480]
-    # --max-size turns the rule off; the rule never extracts above max_size
-    assert with_max_size(rule, 160).large_images is None
+    # --max-size turns the rule and the enlargement off; the rule never extracts above max_size
+    assert with_max_size(rule, 160).large_images is None and with_max_size(rule, 160).upscale == 1.0
     assert extraction_size(with_max_size(rule, 160), 10_000) == 160
     assert extraction_size(replace(rule, large_images=(600, 200)), 10_000) == 160
     assert extraction_size(get_conf("sift"), 10_000) == get_conf("sift").max_size
@@ -227,3 +227,21 @@ def test_large_captures_are_extracted_smaller_for_the_whole_collection(tmp_path)
         assert list(r.array(("5.png",), "grid_shape")) == [9, 12]
     extract(rule, folder, tmp_path / "out", device="cpu", overwrite=True)  # starts again: the rule
     assert json_attr(path, "extraction_size") == 160
+
+
+def test_small_images_are_enlarged_towards_the_extraction_size(tmp_path):
+    """A 160x120 image extracted at up to 640 px is read at 2x (the ``upscale`` cap); its
+    keypoints come back in the file's pixels."""
+    folder = tmp_path / "im"
+    folder.mkdir()
+    Image.fromarray(textured_image(0, (160, 120))).save(folder / "0.png")
+    path = extract(replace(CONF, max_size=640, large_images=None), folder, tmp_path / "out", device="cpu")
+    with H5Reader(path) as r:
+        assert list(r.array(("0.png",), "grid_shape")) == [30, 40]  # pool3 of 320x240
+        assert np.allclose(r.array(("0.png",), "scale"), 0.5)
+        keypoints = r.array(("0.png",), "keypoints")
+    assert keypoints.min() >= 0 and keypoints[:, 0].max() <= 160 and keypoints[:, 1].max() <= 120
+    # --max-size: never enlarged
+    plain = extract(with_max_size(CONF, 640), folder, tmp_path / "plain", device="cpu")
+    with H5Reader(plain) as r:
+        assert list(r.array(("0.png",), "grid_shape")) == [15, 20]

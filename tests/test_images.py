@@ -76,6 +76,7 @@ def test_resize_and_scale():
     assert target_size((800, 600), 1024, upscale=2.0) == (1024, 768)
     assert target_size((320, 240), 1024, upscale=2.0) == (640, 480)
     assert target_size((3072, 2048), 1024, upscale=2.0) == (1024, 683)
+    assert target_size((1000, 750), 1024, upscale=2.0) == (1000, 750)  # 2.4%: blur, not detail
 
 
 def test_enlarged_read_reports_scale(tmp_path):

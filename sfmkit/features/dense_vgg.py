@@ -54,10 +54,11 @@ class DenseVGGConf:
             e.g. internet photos of about 1000 px with zoom changes, need ``max_size``. None:
             ``max_size`` always (an explicit ``--max-size``).
         upscale: an image smaller than the extraction size is enlarged towards it by at most
-            this factor (1: never). The keypoints are placed on the feature grid of the image
-            the network sees, so small images gain precision from it: on a 640x480 render,
-            extraction at 1024 px gives 1.5x smaller camera errors at 2.9x the time
-            (benchmarks/README.md, "Small images").
+            this factor (1: never; an explicit ``--max-size`` sets 1; enlargements below 1.25x
+            are not made, ``io.images.MIN_ENLARGEMENT``). The keypoints are placed on the
+            feature grid of the image the network sees, so small images gain precision from
+            it: on a 640x480 render, extraction at 1024 px gives 1.5x smaller camera errors at
+            2.9x the time (benchmarks/README.md, "Small images").
         weights: VGG16 weight source (see :mod:`sfmkit.models.weights`).
         relocalize_k: relocalisation children window (2 = the 2x2 children).
         subpixel: refine each relocalised pixel to sub-pixel precision by a quadratic fit
@@ -119,8 +120,9 @@ class DenseVGGConf:
         return dataclasses.replace(self, weights=weights)
 
     def with_max_size(self, max_size: int) -> DenseVGGConf:
-        """This config extracting every collection at ``max_size`` (``--max-size``)."""
-        return dataclasses.replace(self, max_size=max_size, large_images=None)
+        """This config extracting every collection at ``max_size`` at most (``--max-size``):
+        no smaller size for large captures, no enlargement of small images."""
+        return dataclasses.replace(self, max_size=max_size, large_images=None, upscale=1.0)
 
     def extraction_size(self, median_side: int | None) -> int:
         """The longer side a collection whose images' median longer side is ``median_side``

@@ -284,15 +284,19 @@ def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, i
     return width, height
 
 
+#: smallest enlargement :func:`target_size` makes (a smaller one adds blur, not detail)
+MIN_ENLARGEMENT = 1.25
+
+
 def target_size(size: tuple[int, int], max_size: int | None, upscale: float = 1.0) -> tuple[int, int]:
     """Size with the longer side at most ``max_size``; a smaller image is enlarged towards
-    ``max_size`` by at most ``upscale`` (1: never enlarged)."""
+    ``max_size`` by at most ``upscale`` (1: never enlarged), and only by ``MIN_ENLARGEMENT`` or more."""
     width, height = size
     longer = max(width, height)
     if max_size is None or longer == max_size:
         return width, height
     ratio = max_size / longer if longer > max_size else min(upscale, max_size / longer)
-    if ratio == 1.0:
+    if 1.0 <= ratio < MIN_ENLARGEMENT:
         return width, height
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 

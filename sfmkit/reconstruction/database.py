@@ -101,27 +101,38 @@ def import_matches(
     file, so image names may contain spaces.
 
     The estimation runs in a child process (a fresh interpreter). pycolmap 4.2's shared-focal
-    relative-pose solver (poselib's ``relpose_6pt_shared_focal``, used for two images of one camera without a
-    focal-length prior, e.g. images without EXIF) can kill the process on a degenerate sample
+    relative-pose solver (poselib's ``relpose_6pt_shared_focal``, used for two images of one
+    camera without a focal-length prior, e.g. images without EXIF) can kill the process on a
+    degenerate sample
     (reproduced with collinear keypoints; ``tests/data/shared_focal_crash.npz``). When the child
-    dies, the pairs it had committed are kept, the pairs it was estimating are estimated again
-    with their two images' cameras kept apart (COLMAP's fundamental-matrix path, which has no
-    such solver), and a new child goes on with the rest.
+    dies, the pairs it had committed are kept and a new child goes on with the rest. A pair that
+    crashed a child alone is estimated again with its two images' cameras kept apart (COLMAP's
+    fundamental-matrix path, which has no such solver); if several pairs were in flight, the
+    rest goes on one pair at a time until the crash names its pair, so healthy pairs keep
+    pycolmap's usual estimate whatever the threading.
 
     Returns:
         counts of pairs per two-view configuration name.
     """
-    todo = [(pair, m) for pair, m in matches.items() if len(m)]
+    todo = [(pair, np.ascontiguousarray(m, dtype=np.uint32)) for pair, m in matches.items() if len(m)]
     apart: set[Pair] = set()
-    with tempfile.TemporaryDirectory(prefix="sfmkit-two-view-") as tmp:
+    threads = workers
+    with tempfile.TemporaryDirectory(prefix="sfmkit-two-view-", dir=Path(db_path).parent) as tmp:
         journal, job = Path(tmp) / "journal", Path(tmp) / "job.pickle"
         while todo:
             journal.write_bytes(b"")
             with job.open("wb") as f:
-                args = (db_path, image_ids, todo, options, workers, journal, apart, progress.enabled())
-                pickle.dump(args, f)
-            # a fresh interpreter (not multiprocessing): it does not re-import the caller's __main__
-            returncode = subprocess.call([sys.executable, "-c", _CHILD, str(job)])
+                glog = pycolmap.logging.minloglevel
+                pickle.dump(
+                    (db_path, image_ids, todo, options, threads, journal, apart, progress.enabled(), glog), f
+                )
+            # a fresh interpreter (not multiprocessing): it does not re-import the caller's __main__;
+            # it imports this sfmkit, wherever the caller found it
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [_SOURCE, os.environ.get("PYTHONPATH")])),
+            }
+            returncode = subprocess.call([sys.executable, "-c", _CHILD, str(job)], env=env)
             if returncode == 0:
                 break
             suspects = {todo[i][0] for i in _unfinished(journal)} - apart
@@ -130,20 +141,32 @@ def import_matches(
                     f"the two-view geometry estimation (pycolmap) stopped with exit code {returncode} "
                     f"while writing {db_path}"
                 )
-            logger.warning(
-                "pycolmap crashed estimating the two-view geometry of %s; estimating %s again with "
-                "the fundamental matrix (the shared-focal solver left out)",
-                ", ".join(f"{a} / {b}" for a, b in sorted(suspects)),
-                "it" if len(suspects) == 1 else "them",
-            )
-            apart |= suspects
+            if len(suspects) == 1:
+                logger.warning(
+                    "pycolmap crashed estimating the two-view geometry of %s / %s; estimating it again "
+                    "with the fundamental matrix (the shared-focal solver left out)",
+                    *next(iter(suspects)),
+                )
+                apart |= suspects
+            else:
+                # several pairs were in flight: go on one pair at a time, so that the next crash
+                # names its pair alone (the healthy pairs keep pycolmap's usual estimate)
+                logger.warning("pycolmap crashed estimating a two-view geometry; going on one pair at a time")
+                threads = 1
             stored = _stored_pairs(db_path, image_ids, [pair for pair, _ in todo])
             todo = [(pair, m) for pair, m in todo if pair not in stored]
     return _configurations(db_path, image_ids, [pair for pair, m in matches.items() if len(m)])
 
 
 #: exit codes of a child killed by a crash (negative: the signal's number)
-_CRASHES = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGFPE, -signal.SIGILL}
+_CRASHES = {
+    -getattr(signal, name)
+    for name in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL")
+    if hasattr(signal, name)
+}
+
+#: the folder this sfmkit is imported from (for the child process's import path)
+_SOURCE = str(Path(__file__).resolve().parents[2])
 
 _CHILD = "import sys; from sfmkit.reconstruction import database; database.estimate_pairs_job(sys.argv[1])"
 
@@ -152,8 +175,9 @@ def estimate_pairs_job(job: str) -> None:
     """The child process of :func:`import_matches`: run :func:`_estimate_pairs` on the arguments
     pickled in the file ``job``."""
     with open(job, "rb") as f:
-        *args, bars = pickle.load(f)
+        *args, bars, glog = pickle.load(f)
     progress.set_enabled(bars)
+    pycolmap.logging.minloglevel = glog
     _estimate_pairs(*args)
 
 
@@ -179,7 +203,6 @@ def _estimate_pairs(
         def estimate(item: tuple[int, tuple[Pair, np.ndarray]]) -> tuple[Pair, np.ndarray, Any]:
             i, ((a, b), m) = item
             os.write(fd, f"S {i}\n".encode())
-            m = np.ascontiguousarray(m, dtype=np.uint32)
             camera_b = _kept_apart(cameras[b]) if (a, b) in apart else cameras[b]
             geometry = pycolmap.estimate_two_view_geometry(
                 cameras[a], keypoints[a], camera_b, keypoints[b], m, options
