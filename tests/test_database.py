@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from sfmkit.reconstruction.database import import_matches
+from sfmkit.reconstruction.database import import_matches, write_camera_images
 
 #: 69 verified matches between two views of one rendered scene (upsampled to 1024 x 768, no
 #: EXIF) on which pycolmap 4.2.1's shared-focal solver crashes the process with seed 0
@@ -24,21 +24,9 @@ def _database(
     try:
         camera = pycolmap.Camera.create_from_model_name(0, "SIMPLE_RADIAL", focal, *size)
         camera.has_prior_focal_length = False
-        camera_id = db.write_camera(camera)
-        camera.camera_id = camera_id
-        rig = pycolmap.Rig()
-        rig.add_ref_sensor(camera.sensor_id)
-        rig_id = db.write_rig(rig)
-        ids = {}
-        for name, points in (("a.jpg", p0), ("b.jpg", p1)):
-            image = pycolmap.Image(name=name, camera_id=camera_id)
-            image.image_id = db.write_image(image)
-            frame = pycolmap.Frame()
-            frame.rig_id = rig_id
-            frame.add_data_id(image.data_id)
-            db.write_frame(frame)
-            db.write_keypoints(image.image_id, points.astype(np.float32))
-            ids[name] = image.image_id
+        ids = write_camera_images(db, camera, ["a.jpg", "b.jpg"])
+        db.write_keypoints(ids["a.jpg"], p0.astype(np.float32))
+        db.write_keypoints(ids["b.jpg"], p1.astype(np.float32))
     finally:
         db.close()
     return ids

@@ -63,20 +63,9 @@ def create_database(
     try:
         with pycolmap.DatabaseTransaction(db):  # cameras, rigs, images and frames: one commit
             for group in group_images(names, info, camera_conf.mode):
-                camera = make_camera(camera_conf, info[group[0]], known_k)
-                camera_id = db.write_camera(camera)
-                camera.camera_id = camera_id
-                rig = pycolmap.Rig()
-                rig.add_ref_sensor(camera.sensor_id)
-                rig_id = db.write_rig(rig)
-                for name in group:
-                    image = pycolmap.Image(name=name, camera_id=camera_id)
-                    image.image_id = db.write_image(image)
-                    frame = pycolmap.Frame()
-                    frame.rig_id = rig_id
-                    frame.add_data_id(image.data_id)
-                    db.write_frame(frame)
-                    image_ids[name] = image.image_id
+                image_ids.update(
+                    write_camera_images(db, make_camera(camera_conf, info[group[0]], known_k), group)
+                )
         read = ((n, features.array((n,), "keypoints").astype(np.float32)) for n in names)
         for batch in _batches(track(read, "import keypoints", total=len(names)), TRANSACTION):
             with pycolmap.DatabaseTransaction(db):
@@ -85,6 +74,26 @@ def create_database(
     finally:
         db.close()
     return image_ids
+
+
+def write_camera_images(
+    db: pycolmap.Database, camera: pycolmap.Camera, names: Sequence[str]
+) -> dict[str, int]:
+    """Write ``camera`` with a trivial rig, and one image and frame per name; image ids by name."""
+    camera.camera_id = db.write_camera(camera)
+    rig = pycolmap.Rig()
+    rig.add_ref_sensor(camera.sensor_id)
+    rig_id = db.write_rig(rig)
+    ids = {}
+    for name in names:
+        image = pycolmap.Image(name=name, camera_id=camera.camera_id)
+        image.image_id = db.write_image(image)
+        frame = pycolmap.Frame()
+        frame.rig_id = rig_id
+        frame.add_data_id(image.data_id)
+        db.write_frame(frame)
+        ids[name] = image.image_id
+    return ids
 
 
 def import_matches(
