@@ -7,10 +7,12 @@ import logging
 import os
 import pickle
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,13 +114,12 @@ def import_matches(
     The estimation runs in a child process (a fresh interpreter). pycolmap 4.2's shared-focal
     relative-pose solver (poselib's ``relpose_6pt_shared_focal``, used for two images of one
     camera without a focal-length prior, e.g. images without EXIF) can kill the process on a
-    degenerate sample
-    (reproduced with collinear keypoints; ``tests/data/shared_focal_crash.npz``). When the child
-    dies, the pairs it had committed are kept and a new child goes on with the rest. A pair that
-    crashed a child alone is estimated again with its two images' cameras kept apart (COLMAP's
-    fundamental-matrix path, which has no such solver); if several pairs were in flight, the
-    rest goes on one pair at a time until the crash names its pair, so healthy pairs keep
-    pycolmap's usual estimate whatever the threading.
+    degenerate sample (reproduced with collinear keypoints; ``tests/data/shared_focal_crash.npz``).
+    When the child dies, the pairs it had committed are kept and a new child goes on with the
+    rest. A pair that crashed a child alone is estimated again with its two images' cameras kept
+    apart (COLMAP's fundamental-matrix path, which has no such solver); if several pairs were in
+    flight, the rest goes on one pair at a time until the crash names its pair, so healthy pairs
+    keep pycolmap's usual estimate whatever the threading.
 
     Returns:
         counts of pairs per two-view configuration name.
@@ -126,6 +127,9 @@ def import_matches(
     todo = [(pair, np.ascontiguousarray(m, dtype=np.uint32)) for pair, m in matches.items() if len(m)]
     apart: set[Pair] = set()
     threads = workers
+    # a fresh interpreter (not multiprocessing): it does not re-import the caller's __main__;
+    # it imports this sfmkit, wherever the caller found it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_SOURCE, os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory(prefix="sfmkit-two-view-", dir=Path(db_path).parent) as tmp:
         journal, job = Path(tmp) / "journal", Path(tmp) / "job.pickle"
         while todo:
@@ -135,12 +139,6 @@ def import_matches(
                 pickle.dump(
                     (db_path, image_ids, todo, options, threads, journal, apart, progress.enabled(), glog), f
                 )
-            # a fresh interpreter (not multiprocessing): it does not re-import the caller's __main__;
-            # it imports this sfmkit, wherever the caller found it
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(filter(None, [_SOURCE, os.environ.get("PYTHONPATH")])),
-            }
             returncode = subprocess.call([sys.executable, "-c", _CHILD, str(job)], env=env)
             if returncode == 0:
                 break
@@ -162,9 +160,15 @@ def import_matches(
                 # names its pair alone (the healthy pairs keep pycolmap's usual estimate)
                 logger.warning("pycolmap crashed estimating a two-view geometry; going on one pair at a time")
                 threads = 1
-            stored = _stored_pairs(db_path, image_ids, [pair for pair, _ in todo])
-            todo = [(pair, m) for pair, m in todo if pair not in stored]
-    return _configurations(db_path, image_ids, [pair for pair, m in matches.items() if len(m)])
+            stored = _stored_configurations(db_path)
+            todo = [(pair, m) for pair, m in todo if _pair_id(image_ids, pair) not in stored]
+    stored = _stored_configurations(db_path)
+    counts: dict[str, int] = {}
+    for pair, m in matches.items():
+        if len(m):
+            key = pycolmap.TwoViewGeometryConfiguration(stored[_pair_id(image_ids, pair)]).name
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 #: exit codes of a child killed by a crash (negative: the signal's number)
@@ -248,26 +252,13 @@ def _unfinished(journal: Path) -> set[int]:
     return started - ended
 
 
-def _stored_pairs(db_path: Path, image_ids: dict[str, int], pairs: list[Pair]) -> set[Pair]:
-    """The pairs whose two-view geometry the database holds (committed)."""
-    db = pycolmap.Database.open(str(db_path))
-    try:
-        return {(a, b) for a, b in pairs if db.exists_two_view_geometry(image_ids[a], image_ids[b])}
-    finally:
-        db.close()
+def _pair_id(image_ids: dict[str, int], pair: Pair) -> int:
+    return pycolmap.image_pair_to_pair_id(image_ids[pair[0]], image_ids[pair[1]])
 
 
-def _configurations(db_path: Path, image_ids: dict[str, int], pairs: list[Pair]) -> dict[str, int]:
-    """Pairs per two-view configuration name."""
-    db = pycolmap.Database.open(str(db_path))
-    try:
-        ids, geometries = db.read_two_view_geometries()
-        config = {int(pid): g.config for pid, g in zip(ids, geometries, strict=True)}
-    finally:
-        db.close()
-    counts: dict[str, int] = {}
-    for a, b in pairs:
-        pair_id = pycolmap.image_pair_to_pair_id(image_ids[a], image_ids[b])
-        key = pycolmap.TwoViewGeometryConfiguration(config[pair_id]).name
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+def _stored_configurations(db_path: Path) -> dict[int, int]:
+    """Pair id -> two-view configuration of every pair whose geometry the database holds
+    (committed), read without the inlier arrays."""
+    uri = Path(db_path).resolve().as_uri() + "?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True)) as connection:
+        return dict(connection.execute("SELECT pair_id, config FROM two_view_geometries"))
