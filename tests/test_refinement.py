@@ -167,10 +167,18 @@ def test_patch_windows_sample_as_their_dense_features():
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
 
 
-def test_passes_at_several_resolutions_recover_a_known_shift(tmp_path):
-    """Through the stage's pass loop (image files, resized passes, pixel conventions): image b
-    is image a shifted by (2.6, -1.4) px; keypoints of b start up to 4 px off and must land on
-    the shifted positions in full-resolution pixels."""
+@pytest.mark.parametrize(
+    ("levels", "upscale", "sizes"),
+    [
+        ((160, 0), 2.0, ["160", "full"]),
+        ((160, 640, 0), 2.0, ["160", "640", "full"]),
+        ((160, 640), 1.0, ["160", "full"]),
+    ],
+)
+def test_passes_at_several_resolutions_recover_a_known_shift(tmp_path, levels, upscale, sizes):
+    """Through the stage's pass loop (image files, reduced and enlarged passes, pixel
+    conventions): image b is image a shifted by (2.6, -1.4) px; keypoints of b start up to
+    4 px off and must land on the shifted positions in full-resolution pixels."""
     from PIL import Image
     from scipy.ndimage import shift as nd_shift
 
@@ -188,11 +196,11 @@ def test_passes_at_several_resolutions_recover_a_known_shift(tmp_path):
     kp_b = pts + true + 0.5 + rng.uniform(-4, 4, pts.shape)
     tracks = build_tracks([(0, 1, np.stack([np.arange(40), np.arange(40)], 1), None)])
     start = np.where((tracks.image == 0)[:, None], kp_a[tracks.keypoint], kp_b[tracks.keypoint])
-    conf = RefineConf(levels=(160, 0))
+    conf = RefineConf(levels=levels, upscale=upscale)
     refined, passes = adjust(
         conf, tracks, ["a.png", "b.png"], start, {"a.png": (320, 240), "b.png": (320, 240)}, tmp_path
     )
-    assert [p["sizes"] for p in passes] == [["160"], ["full"]]
+    assert [p["sizes"] for p in passes] == [[s] for s in sizes]
     b_nodes = tracks.image == 1
     error = np.linalg.norm(refined[b_nodes] - (kp_a[tracks.keypoint[b_nodes]] + true), axis=1)
     assert np.median(error) < 0.15, np.median(error)
@@ -237,6 +245,19 @@ def test_bad_refinement_options():
         RefineConf(levels=(32,))
     with pytest.raises(ConfigError):
         RefineConf(radius=0)
+    with pytest.raises(ConfigError):
+        RefineConf(upscale=0.5)
+
+
+def test_pass_sizes_enlarge_small_images_and_end_at_full_resolution():
+    from sfmkit.refinement.refine import _level_sizes
+
+    levels = (256, 512, 1024, 0)
+    assert _level_sizes(levels, (640, 480), 2.0) == [256, 512, 1024, None]  # 1024: enlarged 1.6x
+    assert _level_sizes(levels, (640, 480), 1.0) == [256, 512, None]
+    assert _level_sizes(levels, (480, 360), 2.0) == [256, 1024, None]  # 512: too little to enlarge
+    assert _level_sizes(levels, (900, 600), 2.0) == [256, 512, None]  # 1024: 1.14x, too little
+    assert _level_sizes(levels, (3072, 2048), 2.0) == [256, 512, 1024, None]
 
 
 def test_refinement_lowers_the_epipolar_error_on_a_rendered_scene(reconstructed_scene, tmp_path):

