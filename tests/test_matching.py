@@ -70,6 +70,23 @@ def test_coarse_to_fine_with_radius_stays_one_to_one():
     assert torch.equal(i0, i1)
 
 
+def test_coarse_to_fine_applies_the_ratio_test_to_the_coarse_matches():
+    """Coarse cells 0 and 1 of image 1 are both noisy copies of cell 0 of image 0: with a
+    ratio test, that cell (two similar candidates) loses its match and its fine cells."""
+    g = torch.Generator().manual_seed(4)
+    coarse0 = unit(torch.randn(12, 16, generator=g))
+    coarse1 = coarse0.clone()
+    coarse1[:2] = unit(coarse0[:1] + 0.02 * torch.randn(2, 16, generator=g))
+    fine = unit(torch.randn(48, 8, generator=g))
+    args = (coarse0, coarse1, (3, 4), (3, 4), fine, fine, (6, 8), (6, 8))
+    plain, _, _ = coarse_to_fine(*args)
+    strict, _, _ = coarse_to_fine(*args, ratio=0.8)
+    children_of_0 = {0, 1, 8, 9}  # fine cells under coarse cell 0 (fine grid 6 x 8)
+    assert children_of_0 & set(plain.tolist())
+    assert not children_of_0 & set(strict.tolist())
+    assert {40, 41, 46, 47} <= set(strict.tolist())  # unambiguous cells keep their matches
+
+
 def test_one_to_one_keeps_the_best_of_each_index():
     idx0 = torch.tensor([0, 0, 1, 2])
     idx1 = torch.tensor([5, 6, 6, 7])

@@ -60,6 +60,7 @@ def coarse_to_fine(
     *,
     radius: int = 0,
     min_similarity: float | None = None,
+    ratio: float | None = None,
     coarse_matches: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense matches between two images.
@@ -71,12 +72,15 @@ def coarse_to_fine(
         fine_shape0, fine_shape1: (h, w) of the fine grids (about twice the coarse ones).
         radius: extra fine cells searched around the 2x2 children of a coarse match.
         min_similarity: optional lower bound on fine similarities.
-        coarse_matches: the coarse mutual matches when already computed (idx0, idx1).
+        ratio: optional Lowe ratio on the coarse descriptors (both directions): a coarse cell
+            with two similar candidates is not matched, nor are its fine cells.
+        coarse_matches: the coarse mutual matches when already computed (idx0, idx1; the
+            ratio test is then the caller's).
 
     Returns:
         Fine indices idx0 (M,), idx1 (M,) and their cosine similarity (M,); one-to-one.
     """
-    c0, c1 = mutual_nn(coarse0, coarse1)[:2] if coarse_matches is None else coarse_matches
+    c0, c1 = mutual_nn(coarse0, coarse1, ratio=ratio)[:2] if coarse_matches is None else coarse_matches
     device = fine0.device
     if len(c0) == 0:
         empty = torch.empty(0, dtype=torch.long, device=device)

@@ -45,7 +45,8 @@ class MatchConf:
         fine_radius: extra fine cells searched around the 2x2 children of a coarse match
             (1 = a 4x4 window: tolerates coarse matches that are off by part of a cell; on
             Strecha it gives about twice the verified matches and lower errors than 0).
-        ratio: optional Lowe ratio (both directions); None = no ratio test.
+        ratio: optional Lowe ratio (both directions); None = no ratio test. Coarse-to-fine
+            matching applies it to the coarse (pool4) matches.
         min_similarity: optional lower bound on the cosine similarity of a match.
         scale_search: features with pyramid levels (``dense-vgg16-ms``): match the level
             pairs (0, 0), (0, k) and (k, 0) at the coarse level and keep the one whose coarse
@@ -181,7 +182,7 @@ def choose_levels(
     rng = np.random.default_rng(0)
     for k0, k1 in combos:
         a, b = l0[k0], l1[k1]
-        c0, c1, sim = mutual_nn(a.coarse, b.coarse)
+        c0, c1, sim = mutual_nn(a.coarse, b.coarse, ratio=conf.ratio)
         score = 0.0
         if len(c0) >= 4:
             p0 = _cell_centres(c0, a.coarse_shape, d0["image_size"])
@@ -226,6 +227,7 @@ def match_pair(conf: MatchConf, d0: dict, d1: dict, dense: bool) -> dict[str, np
             b.fine_shape,
             radius=conf.fine_radius,
             min_similarity=conf.min_similarity,
+            ratio=conf.ratio,
             coarse_matches=coarse,
         )
         i0, i1 = i0 + a.offset, i1 + b.offset
