@@ -76,7 +76,8 @@ def test_coarse_to_fine_applies_the_ratio_test_to_the_coarse_matches():
     g = torch.Generator().manual_seed(4)
     coarse0 = unit(torch.randn(12, 16, generator=g))
     coarse1 = coarse0.clone()
-    coarse1[:2] = unit(coarse0[:1] + 0.02 * torch.randn(2, 16, generator=g))
+    e = 0.02 * torch.randn(1, 16, generator=g)
+    coarse1[:2] = unit(torch.cat([coarse0[:1] + e, coarse0[:1] - e]))  # equally far from cell 0
     fine = unit(torch.randn(48, 8, generator=g))
     args = (coarse0, coarse1, (3, 4), (3, 4), fine, fine, (6, 8), (6, 8))
     plain, _, _ = coarse_to_fine(*args)

@@ -172,6 +172,7 @@ def test_patch_windows_sample_as_their_dense_features():
     [
         ((160, 0), 2.0, ["160", "full"]),
         ((160, 640, 0), 2.0, ["160", "640", "full"]),
+        ((160, 640), 2.0, ["160", "640"]),  # the last pass enlarged
         ((160, 640), 1.0, ["160", "full"]),
     ],
 )
@@ -249,15 +250,20 @@ def test_bad_refinement_options():
         RefineConf(upscale=0.5)
 
 
-def test_pass_sizes_enlarge_small_images_and_end_at_full_resolution():
-    from sfmkit.refinement.refine import _level_sizes
+def test_pass_plans_enlarge_small_images_and_keep_images_in_step():
+    from sfmkit.refinement.refine import pass_plans
 
     levels = (256, 512, 1024, 0)
-    assert _level_sizes(levels, (640, 480), 2.0) == [256, 512, 1024, None]  # 1024: enlarged 1.6x
-    assert _level_sizes(levels, (640, 480), 1.0) == [256, 512, None]
-    assert _level_sizes(levels, (480, 360), 2.0) == [256, 1024, None]  # 512: too little to enlarge
-    assert _level_sizes(levels, (900, 600), 2.0) == [256, 512, None]  # 1024: 1.14x, too little
-    assert _level_sizes(levels, (3072, 2048), 2.0) == [256, 512, 1024, None]
+    plans = pass_plans(levels, {"a": (640, 480), "b": (3072, 2048)}, 2.0)
+    assert plans == {"a": [256, 512, 1024, None], "b": [256, 512, 1024, None]}  # a: 1024 is 1.6x
+    assert pass_plans(levels, {"a": (640, 480)}, 1.0) == {"a": [256, 512, None]}  # 1024 = 0: one pass
+    # a 480-px image beside a 640-px one: 512 is too little to enlarge it to, but it keeps its
+    # place, so that each pass reads both images at comparable sizes
+    plans = pass_plans(levels, {"a": (480, 360), "b": (640, 480)}, 2.0)
+    assert plans == {"a": [256, None, 1024, None], "b": [256, 512, 1024, None]}
+    assert pass_plans(levels, {"a": (900, 600)}, 2.0) == {"a": [256, 512, None]}  # 1024: 1.14x, too little
+    # the enlargement limit makes 512 and 1024 the same image of a 200-px one: one pass
+    assert pass_plans(levels, {"a": (200, 150)}, 2.0) == {"a": [256, 512, None]}
 
 
 def test_refinement_lowers_the_epipolar_error_on_a_rendered_scene(reconstructed_scene, tmp_path):

@@ -215,7 +215,12 @@ def match_cmd(
     fine_radius: Annotated[
         int | None, typer.Option("--fine-radius", help="Extra pool3 cells searched around each pool4 match.")
     ] = None,
-    ratio: Annotated[float | None, typer.Option("--ratio", help="Lowe ratio test (both directions).")] = None,
+    ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--ratio", help="Lowe ratio test (both directions; on the pool4 matches when coarse-to-fine)."
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     executor: ExecutorOpt = Executor("local"),  # type: ignore[call-arg]
     workers: WorkersOpt = None,
@@ -313,9 +318,21 @@ def refine_cmd(
     ] = None,
     levels: Annotated[
         list[int] | None,
-        typer.Option("--level", help="Image size of each pass, coarse to fine (repeat; 0 = full size)."),
+        typer.Option(
+            "--level",
+            help="Image size of each pass, coarse to fine (repeat; 0 = full size; a size above an "
+            "image's own enlarges it, see --upscale).",
+        ),
     ] = None,
-    radius: Annotated[float | None, typer.Option("--radius", help="Largest move per pass (pixels).")] = None,
+    radius: Annotated[
+        float | None, typer.Option("--radius", help="Largest move per pass (pixels of the pass's image).")
+    ] = None,
+    upscale: Annotated[
+        float | None,
+        typer.Option(
+            "--upscale", help="Largest enlargement of a small image for a pass (1 = never; default 2)."
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -329,6 +346,7 @@ def refine_cmd(
         features=dense,
         levels=None if not levels else tuple(levels),
         radius=radius,
+        upscale=upscale,
     )
     start = time.perf_counter()
     path = refine_mod.refine(

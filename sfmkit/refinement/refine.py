@@ -3,10 +3,10 @@
 The idea of Lindenberger et al., "Pixel-Perfect Structure-from-Motion with Featuremetric
 Refinement" (ICCV 2021): keypoints matched into one track should see the same thing, so each is
 moved, within a bounded radius, until its dense feature agrees with those of its matches
-(:mod:`.tracks`, :mod:`.dense`, :mod:`.solver`). Coarse to fine: the adjustment runs on each
-image resized to every size of ``levels`` in turn (the last one usually the full resolution),
-each pass starting where the previous one ended, so a keypoint can travel several pixels of
-the full image while the fine passes only polish.
+(:mod:`.tracks`, :mod:`.dense`, :mod:`.solver`). In passes: the adjustment runs on each image
+resized to every size of ``levels`` in turn (coarse to fine, a small image also enlarged, the
+last pass usually the full resolution), each pass starting where the previous one ended, so a
+keypoint can travel several pixels of the full image while the fine passes only polish.
 
 Output ``features-<verified tag>_<refine tag>.h5``: per image the same layout as a feature file
 for the stages after it (``keypoints`` refined, ``image_size``, ``scale``, ``scores`` and the
@@ -65,11 +65,16 @@ class RefineConf:
         name: preset name.
         features: dense features compared (see :mod:`sfmkit.refinement.dense`): ``intensity``
             (normalised cross-correlation windows) or a VGG16 layer.
-        levels: longer image side of each pass, coarse to fine; 0 = full resolution. A size
-            above an image's own enlarges it by at most ``upscale`` (bicubic; see
-            :func:`sfmkit.io.images.target_size`), otherwise it is the full resolution.
-        upscale: largest enlargement of a pass's image (1: never enlarged).
-        radius: largest move per pass, in pixels of that pass's image.
+        levels: longer image side of each pass, in order; 0 = full resolution. A size above an
+            image's own enlarges it by at most ``upscale`` (bicubic; see
+            :func:`sfmkit.io.images.target_size`); a size within 1.25x of it
+            (:data:`sfmkit.io.images.MIN_ENLARGEMENT`) is its full resolution. A level that
+            gives every image the same size as the level before it is skipped.
+        upscale: largest enlargement of a pass's image (1: never enlarged). On the 640x480
+            orbit render a pass at 1024 px before the full-resolution one lowered the camera
+            error for each of four mapper seeds (benchmarks/README.md, "Small images").
+        radius: largest move per pass, in pixels of that pass's image (so an enlarged pass
+            moves a keypoint by less than ``radius`` pixels of the file).
         max_shift: largest total move, in pixels of the image the features were extracted from
             (8: one cell of the dense pool3 grid and of the multiscale-kp detection grid; on
             Herz-Jesus-P8 a cap of one cell kept the median Sampson error, half a cell raised
@@ -103,7 +108,7 @@ class RefineConf:
             )
         if self.window < 3 or self.window % 2 == 0:
             raise ConfigError("the intensity window must be an odd size >= 3")
-        if self.upscale < 1:
+        if not self.upscale >= 1:  # NaN too
             raise ConfigError("refinement upscale is an enlargement factor >= 1")
 
 
@@ -118,17 +123,25 @@ def refined_path(conf: RefineConf, verified: Path, out_dir: Path) -> Path:
     return derived_path(out_dir, "features", verified, "verified", conf, CONFS.get(conf.name))
 
 
-def _level_sizes(levels: tuple[int, ...], full: tuple[int, int], upscale: float = 1.0) -> list[int | None]:
-    """The passes for an image of size ``full``, in the order of ``levels``: the size to read
-    it at, None for its full resolution; levels that give the same image are one pass, at the
-    place of the last of them (so 0 at the end of ``levels`` is always the last pass)."""
-    out: list[int | None] = []
-    for v in levels:
-        size = None if v == 0 or target_size(full, v, upscale) == tuple(full) else v
-        if size in out:
-            out.remove(size)
-        out.append(size)
-    return out
+def pass_plans(
+    levels: tuple[int, ...], sizes: dict[str, tuple[int, int]], upscale: float = 1.0
+) -> dict[str, list[int | None]]:
+    """Per image, the size to read it at in each pass (None: its full resolution).
+
+    Pass k of every image comes from ``levels[k]``, so within one pass all images are at
+    comparable scales; a level that gives every image the same size as the level before it
+    is skipped (e.g. 1024 and 0 for a collection of 640-px images read at most at full size).
+    """
+    effective = {
+        n: [tuple(full) if v == 0 else target_size(full, v, upscale) for v in levels]
+        for n, full in sizes.items()
+    }
+    kept = [
+        k for k in range(len(levels)) if k == 0 or any(eff[k] != eff[k - 1] for eff in effective.values())
+    ]
+    return {
+        n: [None if effective[n][k] == tuple(full) else levels[k] for k in kept] for n, full in sizes.items()
+    }
 
 
 def load_tracks(verified: Path, pairs: list[Pair]) -> tuple[list[str], Tracks]:
@@ -393,18 +406,17 @@ def _adjust_chunk(
     original = position.copy()
     solver = SolverConf(radius=conf.radius, loss_scale=conf.loss_scale, iterations=conf.iterations)
     per_image = _by_image(tracks, len(names))
-    plans = {n: _level_sizes(conf.levels, sizes[n], conf.upscale) for n in names}
+    plans = pass_plans(conf.levels, {n: sizes[n] for n in names}, conf.upscale)
     passes = []
     # one buffer for every pass (the largest allocation of the stage)
     windows = windows_of.empty(len(tracks.track), half)
     scale = np.ones((len(tracks.track), 2))
     used = [(n, sel) for n, sel in zip(names, per_image, strict=True) if len(sel)]  # images in the chunk
     used_names = [n for n, _ in used]
-    for level in range(max(len(p) for p in plans.values())):
+    for level in range(len(plans[names[0]])):
         t0 = time.perf_counter()
         for name, sel in track(used, f"{label}: features of pass {level + 1}"):
-            plan = plans[name]
-            loaded = read_image(images / name, plan[min(level, len(plan) - 1)], upscale=conf.upscale)
+            loaded = read_image(images / name, plans[name][level], upscale=conf.upscale)
             if loaded.size != sizes[name]:
                 raise SfmkitError(
                     f"{images / name} is {loaded.size[0]}x{loaded.size[1]}, but the features were "
@@ -423,7 +435,7 @@ def _adjust_chunk(
         position = np.where(norm > cap, original + total * (cap / np.maximum(norm, 1e-12)), position)
         passes.append(
             {
-                "sizes": sorted({str(plans[n][min(level, len(plans[n]) - 1)] or "full") for n in used_names}),
+                "sizes": sorted({str(plans[n][level] or "full") for n in used_names}),
                 **stats,
                 "seconds_features": t1 - t0,
                 "seconds_solve": time.perf_counter() - t1,
