@@ -71,6 +71,26 @@ def test_score_queries_aligns_on_day_images_only():
     assert summary["within_v1.1"]["0.25m,2.0deg"] == 0.0
 
 
+def test_aachen_with_intrinsics_refuses_subsets_without_a_calibration(tmp_path):
+    from PIL import Image
+
+    from sfmkit.errors import SfmkitError
+    from sfmkit.eval.aachen import evaluate_aachen
+    from sfmkit.io.poses import write_pose_file
+    from sfmkit.pipelines.reconstruct import ReconstructConf
+
+    subset = tmp_path / "subsets" / "0000"
+    (subset / "images").mkdir(parents=True)
+    for name in ("a.jpg", "night_b.jpg"):
+        Image.new("RGB", (64, 48)).save(subset / "images" / name)
+    (subset / "night.txt").write_text("night_b.jpg\n")
+    write_pose_file(subset / "poses.txt", {n: Pose(np.eye(3), np.zeros(3)) for n in ("a.jpg", "night_b.jpg")})
+    with pytest.raises(SfmkitError, match="no K.txt"):
+        evaluate_aachen(
+            tmp_path / "subsets", tmp_path / "eval", ["sfmkit"], ReconstructConf(), use_intrinsics=True
+        )
+
+
 @pytest.mark.slow
 def test_make_night_layout_and_protocol_on_a_rendered_scene(cli, rendered_scene, tmp_path):
     scene_dir, _ = rendered_scene

@@ -156,6 +156,14 @@ def test_synth_cli_day_and_night(cli, tmp_path):
     d, n = (np.asarray(Image.open(out / f / "0002.jpg"), np.float64) for f in ("images", "images_night"))
     assert np.abs(relit - n).mean() < 0.2 * np.abs(relit - d).mean()  # the render, not a filtered day image
     assert "renders" in json.loads((subsets / "make_night.json").read_text())["note"]
+    # the subsets keep each render's focal length (EXIF), so the mapper knows the cameras differ,
+    # and no single K.txt claims otherwise
+    assert not (subsets / "0002" / "K.txt").exists()
+    for image in (query, subsets / "0002" / "images" / "0001.jpg"):
+        name = image.name.removeprefix("night_")
+        camera = pycolmap.infer_camera_from_image(image)
+        assert camera.has_prior_focal_length, image
+        assert camera.mean_focal_length() == pytest.approx(read_scene(out)[name].K[0, 0], rel=0.03)
     r = cli("make-night", str(out), "-o", str(tmp_path / "x"), "--night-images", str(tmp_path))
     assert r.exit_code != 0 and "lacks the night version" in r.output
 

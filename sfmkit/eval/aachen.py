@@ -234,6 +234,11 @@ def evaluate_aachen(
     variants = dict(variants or {})
     out_dir = Path(out_dir)
     subsets = load_subsets(root)
+    if use_intrinsics and (missing := [s.name for s in subsets if s.intrinsics is None]):
+        raise SfmkitError(
+            f"{root}: subset(s) {', '.join(missing[:5])} have no K.txt (their images do not share one "
+            "calibration); run without --intrinsics"
+        )
     per_method: dict[str, dict[str, Any]] = {}
     timings: dict[str, Any] = {}
     for method in methods:

@@ -267,6 +267,20 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     return image
 
 
+def upright_exif(path: Path) -> bytes:
+    """The EXIF block of ``path`` for a copy written from :func:`read_image`'s pixels: the
+    camera make, model and focal-length tags kept (angle-based, so valid at any size), the
+    orientation removed (the pixels are already upright). Empty when absent or unreadable."""
+    try:
+        with _open(Path(path), max_pixels=2**62) as image:
+            exif = image.getexif()
+            exif.get_ifd(0x8769)  # load the Exif sub-IFD (focal lengths) so that it is written
+            exif.pop(_EXIF_ORIENTATION, None)
+            return exif.tobytes() if len(exif) else b""
+    except Exception:  # noqa: BLE001 - EXIF is optional metadata
+        return b""
+
+
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(_EXIF_ORIENTATION, 1))

@@ -3,13 +3,15 @@
 For every image of a Strecha-layout dataset, one subset in which that image is a night query
 (see :mod:`sfmkit.synth.night`) and all others stay day images. Output layout::
 
-    OUT/_images/day/<name>           every image, resized to --max-size (JPEG q95)
+    OUT/_images/day/<name>           every image, resized to --max-size (JPEG q95, its EXIF
+                                     camera and focal-length tags kept)
     OUT/_images/night/<name>         its night version (JPEG at the strength's quality)
     OUT/<stem>/images/<name>         -> ../../_images/day/<name> for the other images
     OUT/<stem>/images/night_<name>   -> ../../_images/night/<name>
     OUT/<stem>/night.txt             the night query names
     OUT/<stem>/poses.txt             reference poses: name qw qx qy qz tx ty tz (cam_from_world)
-    OUT/<stem>/K.txt                 the intrinsics at the written size
+    OUT/<stem>/K.txt                 the intrinsics at the written size, when every image
+                                     has the same (a rendered orbit's views do not)
     OUT/make_night.json              source, seed, strength and every effect's value
 
 With ``night_images`` (e.g. the ``images_night/`` of ``sfmkit synth --lighting both``) the
@@ -33,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from sfmkit.errors import SfmkitError
-from sfmkit.io.images import list_images, read_image
+from sfmkit.io.images import list_images, read_image, upright_exif
 from sfmkit.io.intrinsics import write_intrinsics
 from sfmkit.io.poses import write_pose_file
 from sfmkit.io.strecha import read_scene
@@ -61,6 +63,20 @@ def _link(target: Path, link: Path) -> None:
         os.symlink(os.path.relpath(target, link.parent), link)
     except OSError:
         shutil.copy2(target, link)
+
+
+def _shared_intrinsics(
+    ks: dict[str, np.ndarray], scales: dict[str, tuple[float, float]]
+) -> np.ndarray | None:
+    """The one K of every written image (at its written size), or None when they differ."""
+    scaled = []
+    for name, k in ks.items():
+        k = np.array(k, np.float64)
+        k[0] /= scales[name][0]
+        k[1] /= scales[name][1]
+        scaled.append(k)
+    first = scaled[0]
+    return first if all(np.allclose(k, first, rtol=1e-6, atol=1e-6) for k in scaled) else None
 
 
 def make_night(
@@ -100,7 +116,8 @@ def make_night(
         day, night = pool / "day" / name, pool / "night" / name
         day.parent.mkdir(parents=True, exist_ok=True)
         night.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(loaded.rgb).save(day.with_suffix(".jpg"), quality=95)
+        exif = upright_exif(dataset / "images" / name)  # the camera (focal length) stays known
+        Image.fromarray(loaded.rgb).save(day.with_suffix(".jpg"), quality=95, exif=exif)
         if night_images is not None:
             relit = read_image(Path(night_images) / name, max_size)
             if relit.rgb.shape != loaded.rgb.shape:
@@ -109,11 +126,18 @@ def make_night(
                     f"day image is {loaded.rgb.shape[1]}x{loaded.rgb.shape[0]}; night and day images "
                     "must share the camera"
                 )
-            Image.fromarray(relit.rgb).save(night.with_suffix(".jpg"), quality=95)
+            Image.fromarray(relit.rgb).save(
+                night.with_suffix(".jpg"), quality=95, exif=upright_exif(Path(night_images) / name)
+            )
             continue
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         quality = params_dict(strength)["jpeg_quality"]
-        Image.fromarray(nightify(loaded.rgb, strength, rng)).save(night.with_suffix(".jpg"), quality=quality)
+        Image.fromarray(nightify(loaded.rgb, strength, rng)).save(
+            night.with_suffix(".jpg"), quality=quality, exif=exif
+        )
+    shared_k = _shared_intrinsics({n: cameras[n].K for n in names}, sizes)
+    if shared_k is None:
+        logger.info("the images have different intrinsics: no K.txt (one K per subset) is written")
     subsets = []
     for query in names:
         subset = out_dir / Path(query).stem
@@ -127,11 +151,10 @@ def make_night(
             poses[local] = cameras[name].pose
         (subset / "night.txt").write_text(f"{NIGHT_PREFIX}{Path(query).with_suffix('.jpg').as_posix()}\n")
         write_pose_file(subset / "poses.txt", poses)
-        sx, sy = sizes[query]
-        k = cameras[query].K.copy()
-        k[0] /= sx
-        k[1] /= sy
-        write_intrinsics(subset / "K.txt", k)
+        if shared_k is not None:
+            write_intrinsics(subset / "K.txt", shared_k)
+        elif (subset / "K.txt").exists():
+            (subset / "K.txt").unlink()
         subsets.append(subset)
     info = {
         "note": PROXY_NOTE if night_images is None else RELIT_NOTE,
